@@ -1,0 +1,292 @@
+"""One typed configuration tree for the whole pipeline, with named presets.
+
+Every stage reads only its own section, and every stage's cache key includes the
+hash of that section, so changing e.g. the learning rate re-runs the update but
+keeps cached rollouts of earlier epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ARMS = ("policy", "reward", "policy_reward", "spark")
+Arm = Literal["policy", "reward", "policy_reward", "spark"]
+
+# Instruction appended to every question; the verifier only rewards \boxed{}.
+ANSWER_SUFFIX = "Think it through step by step, then give the final answer in \\boxed{}."
+
+
+@dataclass
+class TinyModelConfig:
+    """Sizes of the embedded tiny Qwen2.5-VL (random init, real Qwen vocabulary)."""
+
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    vision_depth: int = 2
+    vision_hidden_size: int = 64
+    vision_intermediate_size: int = 128
+    vision_num_heads: int = 4
+    vision_out_hidden_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Which model to start from.
+
+    path: "tiny" builds the embedded tiny model; anything else is a local Hugging Face
+    directory (e.g. a downloaded Qwen/Qwen2.5-VL-7B-Instruct or internlm/Spark-VL-7B).
+    """
+
+    path: str = "tiny"
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    trust_remote_code: bool = False  # never execute code shipped with weights unless asked
+    min_pixels: int = 4 * 28 * 28
+    max_pixels: int = 64 * 28 * 28  # same limit for rollout (hf/vllm) and trainer processor
+    dtype: str = "float32"  # "bfloat16" on GPU presets
+    attn_implementation: str = "sdpa"  # "flash_attention_2" when flash-attn is installed
+
+
+@dataclass
+class DataConfig:
+    """Training/eval data. train_path "" means the synthetic visual-math generator."""
+
+    train_path: str = ""
+    eval_path: str = ""
+    synthetic_train: int = 384
+    synthetic_eval: int = 64
+    image_size: int = 112
+    seed: int = 1234
+    max_prompt_tokens: int = 512  # rows whose prompt is longer are quarantined
+
+
+@dataclass
+class BootstrapConfig:
+    """Short supervised warm start on worked solutions (only sensible for the tiny model)."""
+
+    enabled: bool = True
+    steps: int = 300
+    batch_size: int = 16
+    lr: float = 3e-3
+    judge_fraction: float = 0.25  # share of judge-format examples, so the judge role has a format
+
+
+@dataclass
+class RolloutConfig:
+    backend: Literal["hf", "vllm"] = "hf"
+    prompts_per_epoch: int = 16
+    n_samples: int = 8  # G
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    n_shards: int = 2  # map_task shards over prompts
+    gpu_memory_utilization: float = 0.5
+    tensor_parallel_size: int = 1
+
+
+@dataclass
+class RewardConfig:
+    timeout_s: float = 5.0  # per-sample verifier timeout; a hang scores 0
+    workers: int = 2
+
+
+@dataclass
+class RecycleConfig:
+    arm: Arm = "spark"
+    p_pointwise_mixed: float = 0.3
+    max_judge_fraction: float = 0.5  # at most half of the recycled batch is judge data
+    cot_reflection_fraction: float = 0.5  # half of the reflection samples show the wrong CoT
+    recycled_batch: int = 0  # 0 = same as prompts_per_epoch
+    seed: int = 42
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 2e-4
+    min_lr_ratio: float = 0.1
+    warmup_ratio: float = 0.03
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    eps_clip: float = 0.2
+    kl_coef: float = 0.001
+    micro_batch_size: int = 8
+    train_batch_size: int = 64  # samples per optimizer step (grad accumulation fills it)
+    ppo_epochs: int = 1
+    zero_stage: int = 2
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    max_bad_steps: int = 3  # consecutive non-finite steps that stop the run
+    seed: int = 42
+
+
+@dataclass
+class EvalConfig:
+    max_new_tokens: int = 32
+    tts_rounds: int = 2
+    judge_samples: int = 64
+
+
+@dataclass
+class StageResources:
+    cpu: str = "2"
+    mem: str = "8Gi"
+    gpu: int = 0
+    accelerator: str = ""  # "nvidia-h100" etc.; empty on CPU
+    nnodes: int = 1
+    nproc_per_node: int = 1
+
+
+@dataclass
+class ClusterConfig:
+    rollout: StageResources = field(default_factory=StageResources)
+    update: StageResources = field(default_factory=StageResources)
+    light: StageResources = field(default_factory=lambda: StageResources(cpu="2", mem="4Gi"))
+
+
+@dataclass
+class SparkConfig:
+    preset: str = "tiny-cpu"
+    epochs: int = 2
+    seed: int = 42
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    recycle: RecycleConfig = field(default_factory=RecycleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+    # ---- serialisation -------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SparkConfig":
+        return _from_dict(cls, d)
+
+    @classmethod
+    def from_json(cls, s: str) -> "SparkConfig":
+        return cls.from_dict(json.loads(s))
+
+    def section_hash(self, *names: str) -> str:
+        """Short stable hash of some sections, used in cache keys and artifact metadata."""
+        d = self.to_dict()
+        payload = json.dumps({n: d[n] for n in names} if names else d, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "SparkConfig":
+        """Apply dotted overrides such as {"train.lr": 1e-5, "recycle.arm": "policy"}."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            node = d
+            parts = key.split(".")
+            for p in parts[:-1]:
+                if p not in node or not isinstance(node[p], dict):
+                    raise KeyError(f"unknown config section {key!r}")
+                node = node[p]
+            if parts[-1] not in node:
+                raise KeyError(f"unknown config field {key!r}")
+            node[parts[-1]] = value
+        return SparkConfig.from_dict(d)
+
+
+def _from_dict(cls, d: dict[str, Any]):
+    if not isinstance(d, dict):
+        raise TypeError(f"expected a mapping for {cls.__name__}, got {type(d).__name__}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(known)
+    if unknown:
+        raise KeyError(f"unknown fields for {cls.__name__}: {sorted(unknown)}")
+    kwargs = {}
+    for name, f in known.items():
+        if name not in d:
+            continue
+        value = d[name]
+        ftype = f.type if not isinstance(f.type, str) else _resolve(f.type)
+        if dataclasses.is_dataclass(ftype):
+            value = _from_dict(ftype, value)
+        elif name == "adam_betas":
+            value = tuple(value)
+        kwargs[name] = value
+    obj = cls(**kwargs)
+    if cls is RecycleConfig and obj.arm not in ARMS:
+        raise ValueError(f"recycle.arm must be one of {ARMS}, got {obj.arm!r}")
+    return obj
+
+
+def _resolve(type_name: str):
+    return {
+        "TinyModelConfig": TinyModelConfig,
+        "ModelConfig": ModelConfig,
+        "DataConfig": DataConfig,
+        "BootstrapConfig": BootstrapConfig,
+        "RolloutConfig": RolloutConfig,
+        "RewardConfig": RewardConfig,
+        "RecycleConfig": RecycleConfig,
+        "TrainConfig": TrainConfig,
+        "EvalConfig": EvalConfig,
+        "StageResources": StageResources,
+        "ClusterConfig": ClusterConfig,
+    }.get(type_name)
+
+
+# ---- presets -----------------------------------------------------------
+
+
+def _gpu_preset(name: str, *, gpus: int, nnodes: int, max_new_tokens: int, rollout_gpus: int) -> SparkConfig:
+    """The paper's recipes: 64 prompts x 8 samples, lr 5e-7, ZeRO-3, bf16."""
+    cfg = SparkConfig(preset=name, epochs=2)
+    cfg.model = ModelConfig(path="", dtype="bfloat16", attn_implementation="flash_attention_2",
+                            max_pixels=1024 * 28 * 28)
+    cfg.data = DataConfig(train_path="", max_prompt_tokens=8192)
+    cfg.bootstrap = BootstrapConfig(enabled=False)
+    cfg.rollout = RolloutConfig(backend="vllm", prompts_per_epoch=64, n_samples=8, max_new_tokens=max_new_tokens,
+                                n_shards=rollout_gpus, gpu_memory_utilization=0.85)
+    cfg.train = TrainConfig(lr=5e-7, micro_batch_size=8, train_batch_size=64, zero_stage=3, bf16=True,
+                            gradient_checkpointing=True)
+    cfg.eval = EvalConfig(max_new_tokens=2048)
+    per_node = gpus // nnodes
+    cfg.cluster = ClusterConfig(
+        rollout=StageResources(cpu="12", mem="200Gi", gpu=1, accelerator="nvidia-h100"),
+        update=StageResources(cpu="96", mem="1600Gi", gpu=per_node, accelerator="nvidia-h100",
+                              nnodes=nnodes, nproc_per_node=per_node),
+        light=StageResources(cpu="8", mem="32Gi"),
+    )
+    return cfg
+
+
+def preset(name: str = "tiny-cpu") -> SparkConfig:
+    if name == "tiny-cpu":
+        return SparkConfig()
+    if name == "7b-8xh100":
+        return _gpu_preset(name, gpus=8, nnodes=1, max_new_tokens=768, rollout_gpus=8)
+    if name == "32b-16xh100":
+        return _gpu_preset(name, gpus=16, nnodes=2, max_new_tokens=1024, rollout_gpus=8)
+    raise KeyError(f"unknown preset {name!r}; choose from {PRESETS}")
+
+
+PRESETS = ("tiny-cpu", "7b-8xh100", "32b-16xh100")
+
+
+def load_config(preset_name: str = "tiny-cpu", overrides_json: str = "") -> SparkConfig:
+    """Preset plus a JSON object of dotted overrides (the form the workflow takes)."""
+    cfg = preset(preset_name)
+    if overrides_json:
+        overrides = json.loads(overrides_json)
+        if not isinstance(overrides, dict):
+            raise ValueError("overrides must be a JSON object of dotted keys")
+        cfg = cfg.with_overrides(overrides)
+    return cfg

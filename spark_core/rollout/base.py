@@ -1,0 +1,54 @@
+"""The rollout backend interface: prompts in, G sampled answers with log-probs out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass
+class SamplingSpec:
+    n: int = 8
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 32
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0.0
+
+
+@dataclass
+class Sample:
+    """One generated answer. Token ids exclude the prompt; logprobs align with them."""
+
+    prompt_id: str
+    sample_index: int
+    response: str
+    prompt_token_ids: list[int]
+    response_token_ids: list[int]
+    logprobs: list[float] = field(default_factory=list)
+    finish_reason: str = "stop"  # "stop" or "length"
+
+
+class RolloutBackend(Protocol):
+    """A backend generates `spec.n` samples for each prompt row (PROMPTS schema dicts).
+
+    Samples come back prompt-major: all n samples of prompt 0, then prompt 1, ...
+    """
+
+    def generate(self, prompts: list[dict], spec: SamplingSpec) -> list[Sample]: ...
+
+
+def make_backend(name: str, model_dir: str, model_cfg) -> RolloutBackend:
+    """Pick a backend by configuration; the vLLM one is imported only when asked for."""
+    if name == "hf":
+        from spark_core.rollout.hf import HFBackend
+
+        return HFBackend(model_dir, model_cfg)
+    if name == "vllm":
+        from spark_core.rollout.vllm_backend import VLLMBackend
+
+        return VLLMBackend(model_dir, model_cfg)
+    raise ValueError(f"unknown rollout backend {name!r}; choose 'hf' or 'vllm'")
