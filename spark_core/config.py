@@ -290,3 +290,29 @@ def load_config(preset_name: str = "tiny-cpu", overrides_json: str = "") -> Spar
             raise ValueError("overrides must be a JSON object of dotted keys")
         cfg = cfg.with_overrides(overrides)
     return cfg
+
+
+def trained_passes(arm: str) -> tuple[str, ...]:
+    """Which rollout passes of an epoch get an optimizer update, per ablation arm.
+
+    policy: GRPO on the problems only. reward: the problems are rolled out only to
+    make judge data, and only the judge pass is trained. policy_reward and spark:
+    both passes (they differ in whether reflection data are recycled).
+    """
+    return {
+        "policy": ("policy",),
+        "reward": ("recycled",),
+        "policy_reward": ("policy", "recycled"),
+        "spark": ("policy", "recycled"),
+    }[arm]
+
+
+def optimizer_steps_per_pass(n_samples_in_pass: int, train_batch_size: int) -> int:
+    return max(1, -(-n_samples_in_pass // train_batch_size))
+
+
+def total_optimizer_steps(cfg: "SparkConfig") -> int:
+    """Every optimizer step of the run (policy and recycled passes), for the LR schedule."""
+    per_pass = optimizer_steps_per_pass(cfg.rollout.prompts_per_epoch * cfg.rollout.n_samples,
+                                        cfg.train.train_batch_size)
+    return cfg.epochs * len(trained_passes(cfg.recycle.arm)) * per_pass * cfg.train.ppo_epochs

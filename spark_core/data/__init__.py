@@ -1,0 +1,22 @@
+"""Training/eval data: the synthetic visual-math generator and the user-data loader."""
+
+from spark_core.data.loader import SPARK_SUFFIX, DataError, load_rows, strip_suffix
+from spark_core.data.synthetic import (
+    TASKS,
+    generate,
+    worked_solution,
+    write_benchmark_dataset,
+    write_spark_dataset,
+)
+
+__all__ = [
+    "DataError",
+    "SPARK_SUFFIX",
+    "TASKS",
+    "generate",
+    "load_rows",
+    "strip_suffix",
+    "worked_solution",
+    "write_benchmark_dataset",
+    "write_spark_dataset",
+]

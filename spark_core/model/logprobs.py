@@ -1,0 +1,104 @@
+"""Per-token log-probabilities of responses: one implementation for rollout and update.
+
+Only response positions go through the LM head, so memory grows with the number of
+response tokens, not with prompt length times the 152k vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from spark_core.model.prompting import decode_image
+from spark_core.model.tokenizer import SPECIAL_IDS
+
+IMAGE_TOKEN_ID = SPECIAL_IDS["<|image_pad|>"]
+VIDEO_TOKEN_ID = SPECIAL_IDS["<|video_pad|>"]
+PAD_ID = SPECIAL_IDS["<|endoftext|>"]
+
+
+@dataclass
+class SequenceBatch:
+    input_ids: torch.Tensor  # [B, L], right padded
+    attention_mask: torch.Tensor  # [B, L]
+    response_mask: torch.Tensor  # [B, L] 1 where input_ids[t] is a response token
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
+
+    def model_inputs(self) -> dict:
+        mm = (self.input_ids == IMAGE_TOKEN_ID).int() + 2 * (self.input_ids == VIDEO_TOKEN_ID).int()
+        d = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "mm_token_type_ids": mm}
+        if self.pixel_values is not None:
+            d["pixel_values"] = self.pixel_values
+            d["image_grid_thw"] = self.image_grid_thw
+        return d
+
+    def to(self, device) -> "SequenceBatch":
+        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return SequenceBatch(mv(self.input_ids), mv(self.attention_mask), mv(self.response_mask),
+                             mv(self.pixel_values), mv(self.image_grid_thw))
+
+
+def build_batch(processor, prompt_rows: list[dict], prompt_ids: list[list[int]],
+                response_ids: list[list[int]]) -> SequenceBatch:
+    """Prompt + response token ids, right padded, with each prompt row's image.
+
+    `prompt_ids` already contain the expanded image tokens (as produced by the
+    processor at rollout time), so only pixel values need recomputing here.
+    """
+    assert len(prompt_rows) == len(prompt_ids) == len(response_ids)
+    seqs = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
+    L = max(len(s) for s in seqs)
+    B = len(seqs)
+    input_ids = torch.full((B, L), PAD_ID, dtype=torch.long)
+    attn = torch.zeros((B, L), dtype=torch.long)
+    resp = torch.zeros((B, L), dtype=torch.long)
+    for i, (p, s) in enumerate(zip(prompt_ids, seqs)):
+        input_ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        attn[i, : len(s)] = 1
+        resp[i, len(p) : len(s)] = 1
+    images = [decode_image(r) for r in prompt_rows]
+    images = [im for im in images if im is not None]
+    pixel_values = grid = None
+    if images:
+        out = processor.image_processor(images=images, return_tensors="pt")
+        pixel_values, grid = out["pixel_values"], out["image_grid_thw"]
+        expected = int(grid.prod(-1).sum() // (processor.image_processor.merge_size**2))
+        found = int((input_ids == IMAGE_TOKEN_ID).sum())
+        if expected != found:
+            raise ValueError(
+                f"prompt token ids hold {found} image tokens but the images need {expected}: "
+                "rollout and trainer processors disagree on pixel limits"
+            )
+    return SequenceBatch(input_ids, attn, resp, pixel_values, grid)
+
+
+def response_logprobs(model, batch: SequenceBatch, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probs of response tokens, shape [B, L] (zeros outside `response_mask`).
+
+    Position t's token is predicted from the hidden state at t-1.
+    """
+    inner = model.model
+    hidden = inner(**batch.model_inputs(), use_cache=False).last_hidden_state  # [B, L, H]
+    target_mask = batch.response_mask[:, 1:].bool()  # tokens t >= 1 that are response tokens
+    h = hidden[:, :-1][target_mask]  # [N, H]
+    targets = batch.input_ids[:, 1:][target_mask]  # [N]
+    logits = model.lm_head(h).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    out = torch.zeros(batch.input_ids.shape, dtype=lp.dtype, device=lp.device)
+    full_mask = torch.zeros_like(batch.response_mask, dtype=torch.bool)
+    full_mask[:, 1:] = target_mask
+    out[full_mask] = lp
+    return out
+
+
+def gather_response(values: torch.Tensor, batch: SequenceBatch) -> list[list[float]]:
+    """Per-sample lists of the response-position values (inverse of scatter by mask)."""
+    out = []
+    for i in range(values.shape[0]):
+        m = batch.response_mask[i].bool()
+        out.append(values[i][m].tolist())
+    return out

@@ -1,0 +1,220 @@
+"""Recycling: turn one epoch's scored rollouts into new labelled prompts.
+
+Per original prompt (kind "solve") with G scored rollouts:
+
+* one judge sample. All correct: pointwise on a correct answer (Yes/A). All wrong:
+  pointwise on a wrong answer (No/B). Mixed: pointwise on a correct or a wrong answer
+  (50/50) with probability ``p_pointwise_mixed``, else pairwise between one correct
+  and one wrong answer in random order (label = letter of the correct one). Judge
+  samples show extracted final answers only.
+* one reflection sample when some rollout is wrong: the first
+  ``cot_reflection_fraction`` of those prompts show a wrong full response, the rest a
+  wrong final answer; the label is the original ground truth.
+
+Works for any number of prompts and any G, unlike the reference's fixed 64x8 shape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from typing import Any
+
+from spark_core import schemas
+from spark_core.config import ANSWER_SUFFIX, RecycleConfig
+from spark_core.recycle.templates import PAIRWISE, POINTWISE, REFLECTION_ANS, REFLECTION_COT, Template
+
+# A rollout whose verification timed out or failed is not known to be wrong, so it is
+# never shown as "the wrong answer" (that label could itself be wrong).
+_UNRELIABLE_STATUS = frozenset({"timeout", "error"})
+
+
+def stable_seed(*parts: Any) -> int:
+    """A seed that is the same in every process (Python's hash() is salted per run)."""
+    h = hashlib.sha256(json.dumps([str(p) for p in parts]).encode()).digest()
+    return int.from_bytes(h[:8], "big")
+
+
+def _is_correct(r: dict) -> bool:
+    return float(r.get("reward") or 0.0) >= 0.5
+
+
+def _extracted(r: dict) -> str:
+    x = r.get("extracted")
+    return x.strip() if isinstance(x, str) else ""
+
+
+def _question_text(p: dict, answer_suffix: str) -> str:
+    """The plain question; recovered from the message (minus suffix) only if missing."""
+    q = p.get("question") or ""
+    if q.strip():
+        return q.strip()
+    try:
+        content = json.loads(p.get("message") or "[]")[0]["content"]
+        text = next(c["text"] for c in content if c.get("type") == "text")
+    except Exception:  # noqa: BLE001 - malformed message: nothing to recycle from
+        return ""
+    text = text.strip()
+    if answer_suffix and text.endswith(answer_suffix.strip()):
+        text = text[: -len(answer_suffix.strip())]
+    return text.strip()
+
+
+def _max_pixels(p: dict) -> int | None:
+    """Keep the source row's image resolution limit, if its message set one."""
+    try:
+        for c in json.loads(p.get("message") or "[]")[0]["content"]:
+            if c.get("type") == "image" and c.get("max_pixels"):
+                return int(c["max_pixels"])
+    except Exception:  # noqa: BLE001
+        pass
+    return None
+
+
+class _Builder:
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.n = 0
+
+    def row(self, p: dict, kind: str, template: Template, text: str, label: str, rollout_ids: list[str]) -> dict:
+        src_id = str(p["prompt_id"])
+        image = p.get("image")
+        pid = f"{src_id}/{kind}-e{self.epoch}-{self.n}"
+        self.n += 1
+        return {
+            "prompt_id": pid,
+            "kind": kind,
+            "message": schemas.message_json(text, has_image=image is not None, max_pixels=_max_pixels(p)),
+            "question": text,
+            "answer": label,
+            "image": image,
+            "source": p.get("source") or "",
+            "template_id": template.id,
+            "source_prompt_id": src_id,
+            "source_rollout_id": "+".join(rollout_ids),
+        }
+
+
+def _pointwise(b: _Builder, rng: random.Random, p: dict, q: str, r: dict, correct: bool) -> dict:
+    t = rng.choice(POINTWISE)
+    label = t.correct_label if correct else t.wrong_label
+    return b.row(p, schemas.KIND_POINTWISE, t, t.fill(question=q, answer=_extracted(r)), label, [r["rollout_id"]])
+
+
+def _judge_sample(b: _Builder, rng: random.Random, p: dict, q: str, group: list[dict], cfg: RecycleConfig) -> dict | None:
+    right = [r for r in group if _is_correct(r) and _extracted(r)]
+    wrong = [r for r in group if not _is_correct(r) and _extracted(r)
+             and r.get("verify_status") not in _UNRELIABLE_STATUS]
+    n_right = sum(1 for r in group if _is_correct(r))
+    if n_right == len(group):
+        return _pointwise(b, rng, p, q, rng.choice(right), True) if right else None
+    if n_right == 0:
+        return _pointwise(b, rng, p, q, rng.choice(wrong), False) if wrong else None
+
+    if rng.random() < cfg.p_pointwise_mixed:
+        want_correct = rng.random() < 0.5
+        pool = right if want_correct else wrong
+        if not pool:  # the chosen side has nothing showable: use the other side
+            want_correct, pool = not want_correct, (wrong if want_correct else right)
+        return _pointwise(b, rng, p, q, rng.choice(pool), want_correct) if pool else None
+
+    if not right:
+        return _pointwise(b, rng, p, q, rng.choice(wrong), False) if wrong else None
+    good = rng.choice(right)
+    # an identical-looking wrong answer would make the pair unanswerable
+    rivals = [r for r in wrong if _extracted(r) != _extracted(good)]
+    if not rivals:
+        return _pointwise(b, rng, p, q, good, True)
+    bad = rng.choice(rivals)
+    t = rng.choice(PAIRWISE)
+    if rng.random() < 0.5:
+        first, second, label = good, bad, "A"
+    else:
+        first, second, label = bad, good, "B"
+    text = t.fill(question=q, answer_a=_extracted(first), answer_b=_extracted(second))
+    return b.row(p, schemas.KIND_PAIRWISE, t, text, label, [first["rollout_id"], second["rollout_id"]])
+
+
+def _reflection_sample(b: _Builder, rng: random.Random, p: dict, q: str, group: list[dict], show_cot: bool) -> dict | None:
+    wrong = [r for r in group if not _is_correct(r) and r.get("verify_status") not in _UNRELIABLE_STATUS]
+    if show_cot:
+        pool = [r for r in wrong if (r.get("response") or "").strip()]
+        if not pool:
+            return None
+        r = rng.choice(pool)
+        t = rng.choice(REFLECTION_COT)
+        text = t.fill(question=q, solution=r["response"].strip())
+    else:
+        pool = [r for r in wrong if _extracted(r)]
+        if not pool:
+            return None
+        r = rng.choice(pool)
+        t = rng.choice(REFLECTION_ANS)
+        text = t.fill(question=q, answer=_extracted(r))
+    return b.row(p, schemas.KIND_REFLECTION, t, text, str(p.get("answer") or ""), [r["rollout_id"]])
+
+
+def _take(rng: random.Random, rows: list[dict], k: int) -> list[dict]:
+    """A random subset of size k, kept in prompt order."""
+    if k >= len(rows):
+        return list(rows)
+    keep = sorted(rng.sample(range(len(rows)), max(0, k)))
+    return [rows[i] for i in keep]
+
+
+def recycle(
+    prompts: list[dict],
+    scored: list[dict],
+    cfg: RecycleConfig,
+    batch_size: int,
+    epoch: int,
+    answer_suffix: str = ANSWER_SUFFIX,
+) -> list[dict]:
+    """Build up to `batch_size` recycled PROMPTS rows (judge block first, then reflection).
+
+    `prompts` are the epoch's original PROMPTS rows; `scored` their SCORED_ROLLOUTS rows.
+    Rows of other kinds are ignored: recycled prompts are not recycled again.
+    `answer_suffix` is only used to recover a question from its message when the
+    `question` column is empty; the templates themselves ask for \\boxed{}.
+    """
+    if cfg.arm == "policy" or batch_size <= 0:
+        return []
+    rng = random.Random(stable_seed("recycle", cfg.seed, epoch))
+
+    groups: dict[str, list[dict]] = {}
+    for r in scored:
+        groups.setdefault(str(r["prompt_id"]), []).append(r)
+    for g in groups.values():
+        g.sort(key=lambda r: (int(r.get("sample_index") or 0), str(r.get("rollout_id"))))
+
+    sources: list[tuple[dict, str, list[dict]]] = []
+    seen: set[str] = set()
+    for p in prompts:
+        pid = str(p["prompt_id"])
+        if pid in seen or pid not in groups or (p.get("kind") or schemas.KIND_SOLVE) != schemas.KIND_SOLVE:
+            continue
+        seen.add(pid)
+        q = _question_text(p, answer_suffix)
+        if q:
+            sources.append((p, q, groups[pid]))
+
+    b = _Builder(epoch)
+    judge = [s for s in (_judge_sample(b, rng, p, q, g, cfg) for p, q, g in sources) if s is not None]
+    if cfg.arm in ("reward", "policy_reward"):
+        return _take(rng, judge, batch_size)
+
+    eligible = [(p, q, g) for p, q, g in sources if any(not _is_correct(r) for r in g)]
+    n_cot = int(math.floor(len(eligible) * cfg.cot_reflection_fraction + 0.5))
+    reflect = [
+        s for s in (_reflection_sample(b, rng, p, q, g, i < n_cot) for i, (p, q, g) in enumerate(eligible))
+        if s is not None
+    ]
+
+    # spark: judge up to its share; whichever kind is short leaves room for the other
+    judge_cap = int(math.floor(batch_size * cfg.max_judge_fraction))
+    n_judge = min(len(judge), judge_cap)
+    n_reflect = min(len(reflect), batch_size - n_judge)
+    n_judge = min(len(judge), batch_size - n_reflect)
+    return _take(rng, judge, n_judge) + _take(rng, reflect, n_reflect)
