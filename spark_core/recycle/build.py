@@ -218,3 +218,29 @@ def recycle(
     n_reflect = min(len(reflect), batch_size - n_judge)
     n_judge = min(len(judge), batch_size - n_reflect)
     return _take(rng, judge, n_judge) + _take(rng, reflect, n_reflect)
+
+
+def judge_sample_for_bootstrap(p: dict, rng: random.Random) -> tuple[dict, str]:
+    """A judge prompt on a made-up candidate answer, with its correct verdict.
+
+    Used by the warm start to teach the judge format; candidates are the true answer
+    or a nearby wrong number, so the verdict is known without any rollout.
+    """
+    q = _question_text(p, ANSWER_SUFFIX)
+    truth = str(p["answer"]).strip()
+    try:
+        wrong = str(int(truth) + rng.choice([-3, -2, -1, 1, 2, 3]))
+    except ValueError:
+        wrong = truth + "0"
+    b = _Builder(epoch=-1)
+    right_r = {"rollout_id": "boot-right", "extracted": truth, "reward": 1.0}
+    wrong_r = {"rollout_id": "boot-wrong", "extracted": wrong, "reward": 0.0}
+    if rng.random() < 0.5:
+        correct = rng.random() < 0.5
+        row = _pointwise(b, rng, p, q, right_r if correct else wrong_r, correct)
+    else:
+        t = rng.choice(PAIRWISE)
+        first, second, label = (truth, wrong, "A") if rng.random() < 0.5 else (wrong, truth, "B")
+        row = b.row(p, schemas.KIND_PAIRWISE, t, t.fill(question=q, answer_a=first, answer_b=second), label,
+                    ["boot-a", "boot-b"])
+    return row, row["answer"]

@@ -17,12 +17,14 @@ from __future__ import annotations
 import atexit
 import logging
 import math
-import multiprocessing as mp
 import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
+from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as _wait_for
 
 log = logging.getLogger(__name__)
@@ -133,29 +135,33 @@ def math_equal(gold: str, pred: str) -> bool:
 
 
 HANG_TOKEN = "__spark_verify_hang__"
+CRASH_TOKEN = "__spark_verify_crash__"
 
 
-def _math_equal_or_hang(gold: str, pred: str) -> bool:
+def _math_equal_or_misbehave(gold: str, pred: str) -> bool:
     if HANG_TOKEN in pred:
         time.sleep(3600)
+    if CRASH_TOKEN in pred:
+        os._exit(3)
     return math_equal(gold, pred)
 
 
-_COMPARATORS = {"math": math_equal, "hang_on_token": _math_equal_or_hang}
-# Which comparator workers run; tests select "hang_on_token" to exercise the timeout path.
+_COMPARATORS = {"math": math_equal, "misbehave_on_token": _math_equal_or_misbehave}
+# Which comparator workers run; tests select "misbehave_on_token" to exercise timeouts
+# and worker crashes.
 COMPARATOR = "math"
 
 
-def _worker_main(conn) -> None:
+def _worker_loop(inp: Connection, out: Connection) -> None:
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     try:
         math_equal("1", "1")  # pay the sympy import before the first timed sample
     except Exception:
         pass
-    conn.send(("ready",))
+    out.send(("ready",))
     while True:
         try:
-            task = conn.recv()
+            task = inp.recv()
         except (EOFError, OSError):
             return  # parent went away
         if task is None:
@@ -166,44 +172,72 @@ def _worker_main(conn) -> None:
         except BaseException as e:  # noqa: BLE001 - report, never die on one sample
             msg = ("error", f"{type(e).__name__}: {e}"[:300])
         try:
-            conn.send(msg)
+            out.send(msg)
         except (EOFError, OSError):
             return
 
 
+def _serve() -> None:
+    """Worker entry point: framed messages on stdin/stdout."""
+    rfd, wfd = os.dup(0), os.dup(1)
+    os.dup2(2, 1)  # stray prints from libraries must not corrupt the message stream
+    sys.stdout = sys.stderr
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    _worker_loop(Connection(rfd, writable=False), Connection(wfd, readable=False))
+
+
 # ---- worker processes ----------------------------------------------------------------
+
+# Workers are plain subprocesses rather than multiprocessing children: they never
+# re-import the caller's __main__, and daemonic callers may start them too.
+_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_WORKER_CMD = "from spark_core.reward.verifier import _serve; _serve()"
 
 
 class _Worker:
-    def __init__(self, ctx) -> None:
-        parent, child = ctx.Pipe(duplex=True)
-        # daemonic so a crashed caller does not leave workers behind
-        self.proc = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="spark-verify")
-        self.proc.start()
-        child.close()
-        self.conn = parent
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([_PKG_ROOT] + [p for p in [env.get("PYTHONPATH", "")] if p])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER_CMD],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
+        )
+        try:
+            self.send_conn = Connection(os.dup(self.proc.stdin.fileno()), readable=False)
+            self.conn = Connection(os.dup(self.proc.stdout.fileno()), writable=False)
+        finally:
+            self.proc.stdin.close()
+            self.proc.stdout.close()
         self.ready = False
         self.born = time.monotonic()
         self.task: int | None = None
-        self.item: tuple[int, str, str] | None = None
         self.t0 = 0.0
         self.deadline = 0.0
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def send(self, msg) -> None:
+        self.send_conn.send(msg)
 
     def kill(self) -> None:
         try:
             self.proc.kill()
-            self.proc.join(timeout=5)
+            self.proc.wait(timeout=5)
         except Exception:
             pass
-        try:
-            self.conn.close()
-        except Exception:
-            pass
+        for c in (self.send_conn, self.conn):
+            try:
+                c.close()
+            except Exception:
+                pass
 
     def stop(self) -> None:
         try:
-            self.conn.send(None)
-            self.proc.join(timeout=1)
+            self.send(None)
+            self.proc.wait(timeout=1)
         except Exception:
             pass
         self.kill()
@@ -216,7 +250,6 @@ class _Pool:
         self._lock = threading.Lock()
         self._idle: list[_Worker] = []
         self._pid = os.getpid()
-        self.ctx = mp.get_context("spawn")  # fork is unsafe next to torch/CUDA threads
 
     def _forget_after_fork(self) -> None:
         # workers belong to the parent; a forked child must not touch them
@@ -229,19 +262,19 @@ class _Pool:
         with self._lock:
             while self._idle and len(got) < n:
                 w = self._idle.pop()
-                if w.proc.is_alive():
+                if w.alive():
                     got.append(w)
                 else:
                     w.kill()
         while len(got) < n:
-            got.append(_Worker(self.ctx))
+            got.append(_Worker())
         return got
 
     def release(self, workers: list[_Worker]) -> None:
         surplus = []
         with self._lock:
             for w in workers:
-                if w.task is None and w.proc.is_alive() and len(self._idle) < MAX_IDLE_WORKERS:
+                if w.task is None and w.alive() and len(self._idle) < MAX_IDLE_WORKERS:
                     self._idle.append(w)
                 else:
                     surplus.append(w)
@@ -268,12 +301,9 @@ def shutdown_workers() -> None:
     _POOL.shutdown()
 
 
-def _can_spawn() -> bool:
-    return not mp.current_process().daemon  # daemonic processes may not have children
-
-
 def _compare_in_process(name: str, gold: str, pred: str, timeout_s: float) -> tuple[str, str | None]:
-    """Fallback when no worker can be started: math_verify's own alarm where allowed."""
+    """Fallback when no worker can be started: math_verify's own alarm where allowed
+    (main thread only; elsewhere the comparison runs without a time limit)."""
     from math_verify import parse, verify as mv_verify
 
     on_main = threading.current_thread() is threading.main_thread()
@@ -303,9 +333,6 @@ def _compare_many(tasks: list[tuple[int, str, str]], timeout_s: float, workers: 
             status, _ = _compare_in_process(name, gold, pred, timeout_s)
             results[idx] = (status, (time.perf_counter() - t0) * 1000.0)
 
-    if not _can_spawn():
-        run_locally()
-        return results
     try:
         pool = _POOL.acquire(max(1, min(workers, len(tasks))))
     except Exception as e:  # noqa: BLE001
@@ -317,7 +344,7 @@ def _compare_many(tasks: list[tuple[int, str, str]], timeout_s: float, workers: 
 
     def replace(i: int) -> None:
         pool[i].kill()
-        pool[i] = _Worker(_POOL.ctx)
+        pool[i] = _Worker()
 
     try:
         while (pending or any(w.task is not None for w in pool)) and failures <= _MAX_STARTUP_FAILURES:
@@ -325,7 +352,7 @@ def _compare_many(tasks: list[tuple[int, str, str]], timeout_s: float, workers: 
                 if w.ready and w.task is None and pending:
                     item = pending.popleft()
                     try:
-                        w.conn.send((name, item[1], item[2]))
+                        w.send((name, item[1], item[2]))
                     except (OSError, ValueError):
                         pending.appendleft(item)
                         failures += 1
@@ -333,7 +360,6 @@ def _compare_many(tasks: list[tuple[int, str, str]], timeout_s: float, workers: 
                         continue
                     w.task, w.t0 = item[0], time.monotonic()
                     w.deadline = w.t0 + timeout_s
-                    w.item = item
             waiting = [w for w in pool if not w.ready or w.task is not None]
             if not waiting:
                 continue

@@ -169,11 +169,12 @@ def run_update(*, cfg: SparkConfig, model_dir: str, ref_dir: str, prompts: list[
                 torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
                 if finite.item() < 1.0:
                     step_bad = True
-                    loss = torch.nan_to_num(loss.detach(), nan=0.0, posinf=0.0, neginf=0.0).requires_grad_()
-                    weight = 0.0
+                    # ZeRO reduces gradients in hooks, so every rank still needs a backward that
+                    # touches every parameter; this one is exactly zero and finite.
+                    loss = sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0
                     st = {k: float("nan") for k in st}
                 engine.backward(loss * weight)
-                stats_acc.append(st | {"loss": float(loss.detach())})
+                stats_acc.append(st | {"loss": float("nan") if step_bad else float(loss.detach())})
                 # a skipped step must leave the weights untouched: lr 0 for it
                 for g in engine.optimizer.param_groups:
                     g["lr"] = 0.0 if step_bad else lr

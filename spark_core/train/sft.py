@@ -1,0 +1,88 @@
+"""Bootstrap: a short supervised warm start on worked solutions.
+
+A tiny model from random weights solves nothing, so RL would see only zero rewards.
+This stage plays the part of instruction tuning for the embedded default: it teaches
+the answer format (reasoning, then \\boxed{}) and the judge format, to a modest
+accuracy that RL can then improve.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from spark_core.config import SparkConfig
+from spark_core.model.loading import load_model, load_processor, save_checkpoint
+from spark_core.model.logprobs import build_batch, response_logprobs
+from spark_core.model.prompting import decode_image, render_prompt
+from spark_core.model.tokenizer import SPECIAL_IDS
+from spark_core.train.grpo import masked_mean
+
+
+def judge_examples(rows: list[dict], n: int, rng: random.Random) -> list[tuple[dict, str]]:
+    """Judge-format examples with correct verdicts, built with the recycling templates."""
+    out = []
+    if n <= 0:
+        return out
+    from spark_core.recycle.build import judge_sample_for_bootstrap
+
+    for _ in range(n):
+        row = rng.choice(rows)
+        sample, verdict = judge_sample_for_bootstrap(row, rng)
+        out.append((sample, f"The verdict is \\boxed{{{verdict}}}."))
+    return out
+
+
+def bootstrap_examples(rows: list[dict], cfg: SparkConfig, n: int, seed: int) -> list[tuple[dict, str]]:
+    from spark_core.data import worked_solution
+
+    rng = random.Random(seed)
+    n_judge = int(round(n * cfg.bootstrap.judge_fraction))
+    solve = [(r, worked_solution(r)) for r in (rng.choice(rows) for _ in range(n - n_judge))]
+    ex = solve + judge_examples(rows, n_judge, rng)
+    rng.shuffle(ex)
+    return ex
+
+
+def _encode(processor, row: dict, target: str) -> tuple[list[int], list[int]]:
+    img = decode_image(row)
+    kwargs = {"text": [render_prompt(processor, row)], "return_tensors": "pt"}
+    if img is not None:
+        kwargs["images"] = [img]
+    prompt_ids = processor(**kwargs)["input_ids"][0].tolist()
+    target_ids = processor.tokenizer.encode(target, add_special_tokens=False) + [SPECIAL_IDS["<|im_end|>"]]
+    return prompt_ids, target_ids
+
+
+def run_bootstrap(cfg: SparkConfig, model_dir: str, rows: list[dict], out_dir: str) -> dict:
+    t0 = time.time()
+    b = cfg.bootstrap
+    torch.manual_seed(cfg.seed)
+    processor = load_processor(model_dir, cfg.model)
+    model = load_model(model_dir, cfg.model, for_training=True)
+    examples = bootstrap_examples(rows, cfg, b.steps * b.batch_size, cfg.seed)
+    encoded = [(row, *_encode(processor, row, tgt)) for row, tgt in tqdm(examples, desc="bootstrap:encode")]
+    opt = torch.optim.AdamW(model.parameters(), lr=b.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / b.steps))
+    losses = []
+    bar = tqdm(range(b.steps), desc="bootstrap:sft")
+    for step in bar:
+        chunk = encoded[step * b.batch_size : (step + 1) * b.batch_size]
+        batch = build_batch(processor, [c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk])
+        logp = response_logprobs(model, batch)
+        loss = -masked_mean(logp, batch.response_mask)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
+    model.eval()
+    save_checkpoint(model, processor, out_dir)
+    return {"bootstrap_loss_first": losses[0], "bootstrap_loss_last": sum(losses[-10:]) / len(losses[-10:]),
+            "bootstrap_steps": b.steps, "bootstrap_seconds": time.time() - t0}

@@ -1,0 +1,63 @@
+"""Data preparation: synthetic or user data, validated, with a quarantine artifact."""
+
+from __future__ import annotations
+
+import logging
+from typing import NamedTuple
+
+from flytekit import Cache, task
+from flytekit.types.structured import StructuredDataset
+
+from images import light_image
+from tasks.cache_versions import CACHE_VERSIONS
+from tasks.common import cfg_of, provenance, rows_of, to_sd
+from tasks.resources import LIGHT
+
+log = logging.getLogger(__name__)
+
+
+class PreparedData(NamedTuple):
+    train: StructuredDataset
+    eval: StructuredDataset
+    quarantine: StructuredDataset
+
+
+@task(cache=Cache(version=CACHE_VERSIONS["data"]), container_image=light_image, resources=LIGHT)
+def prepare_data(config_json: str) -> PreparedData:
+    from spark_core import schemas
+    from spark_core.data import generate, load_rows
+    from spark_core.data.loader import DataError
+
+    cfg = cfg_of(config_json)
+    d = cfg.data
+    quarantine: list[dict] = []
+
+    def load(path: str, synthetic_n: int, seed: int, prefix: str) -> list[dict]:
+        if not path:
+            return generate(synthetic_n, seed=seed, image_size=d.image_size, id_prefix=prefix)
+        rows, bad = load_rows(path, max_pixels=cfg.model.max_pixels)
+        for b in bad:
+            b["reason"] = f"[{path}] {b['reason']}"
+        quarantine.extend(bad)
+        return rows
+
+    train = load(d.train_path, d.synthetic_train, d.seed, "train")
+    evalset = load(d.eval_path, d.synthetic_eval, d.seed + 1, "eval")
+    if quarantine:
+        log.warning("quarantined %d invalid rows (see the quarantine artifact)", len(quarantine))
+    if not train:
+        raise DataError("no valid training rows")
+    meta = provenance(cfg, "data", ("data",))
+    return PreparedData(to_sd(train, schemas.PROMPTS, meta), to_sd(evalset, schemas.PROMPTS, meta),
+                        to_sd(quarantine, schemas.QUARANTINE, meta))
+
+
+@task(cache=Cache(version=CACHE_VERSIONS["select_prompts"]), container_image=light_image, resources=LIGHT)
+def select_prompts(config_json: str, train: StructuredDataset, epoch: int) -> StructuredDataset:
+    from spark_core import schemas
+    from spark_core.data.batches import epoch_indices
+
+    cfg = cfg_of(config_json)
+    rows = rows_of(train, schemas.PROMPTS)
+    idx = epoch_indices(len(rows), epoch, cfg.rollout.prompts_per_epoch, cfg.seed)
+    return to_sd([rows[i] for i in idx], schemas.PROMPTS, provenance(cfg, "select_prompts", ("rollout",), epoch=str(epoch)))

@@ -1,0 +1,47 @@
+"""Evaluation every epoch: single-pass accuracy and judge accuracy, logged and shown."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from flytekit import Cache, task
+from flytekit.types.structured import StructuredDataset
+
+from images import rollout_image
+from tasks.cache_versions import CACHE_VERSIONS
+from tasks.common import Checkpoint, cfg_of, provenance, rows_of, to_sd
+from tasks.resources import ROLLOUT, ROLLOUT_ACCELERATOR
+
+
+@task(cache=Cache(version=CACHE_VERSIONS["judge_eval_set"]), container_image=rollout_image, resources=ROLLOUT)
+def judge_eval_set(config_json: str, policy: Checkpoint, eval_prompts: StructuredDataset) -> StructuredDataset:
+    """Held-out judge prompts: recycled from the starting policy's rollouts on eval data,
+    fixed for the run so judge accuracy is comparable across epochs."""
+    from spark_core import schemas
+    from spark_core.evaluate.judge_set import build_judge_eval_set
+
+    cfg = cfg_of(config_json)
+    rows = build_judge_eval_set(cfg, policy.download(), rows_of(eval_prompts, schemas.PROMPTS))
+    return to_sd(rows, schemas.PROMPTS, provenance(cfg, "judge_eval_set", ("eval", "rollout", "recycle")))
+
+
+@task(cache=Cache(version=CACHE_VERSIONS["evaluate"]), container_image=rollout_image, resources=ROLLOUT, accelerator=ROLLOUT_ACCELERATOR,
+      enable_deck=True)
+def evaluate_policy(config_json: str, policy: Checkpoint, eval_prompts: StructuredDataset,
+                    judge_prompts: StructuredDataset, epoch: int) -> tuple[StructuredDataset, str]:
+    from spark_core import schemas
+    from spark_core.evaluate.core import greedy_results, summarize
+    from spark_core.rollout.hf import HFBackend
+
+    cfg = cfg_of(config_json)
+    t0 = time.time()
+    backend = HFBackend(policy.download(), cfg.model)
+    solve = greedy_results(backend, rows_of(eval_prompts, schemas.PROMPTS), cfg.eval.max_new_tokens, "single",
+                           cfg.reward.timeout_s, desc="eval:solve")
+    judge = greedy_results(backend, rows_of(judge_prompts, schemas.PROMPTS), cfg.eval.max_new_tokens, "judge",
+                           cfg.reward.timeout_s, desc="eval:judge")
+    metrics = {f"eval/{k}": v for k, v in summarize(solve, judge).items()}
+    metrics["time/evaluate"] = time.time() - t0
+    out = to_sd(solve + judge, schemas.EVAL_RESULTS, provenance(cfg, "evaluate", ("eval",), epoch=str(epoch)))
+    return out, json.dumps(metrics)

@@ -1,0 +1,46 @@
+"""The starting checkpoint: the embedded tiny model (plus warm start) or a user's model."""
+
+from __future__ import annotations
+
+import json
+
+from flytekit import Cache, task
+from flytekit.types.directory import FlyteDirectory
+from flytekit.types.structured import StructuredDataset
+
+from images import light_image, trainer_image
+from tasks.cache_versions import CACHE_VERSIONS
+from tasks.common import Checkpoint, cfg_of, rows_of, workdir
+from tasks.resources import LIGHT, UPDATE, UPDATE_ACCELERATOR
+
+
+@task(cache=Cache(version=CACHE_VERSIONS["base_model"]), container_image=light_image, resources=LIGHT)
+def base_model(config_json: str) -> Checkpoint:
+    """The tiny model is built here; a user model directory (or bucket) is passed through."""
+    from spark_core.model.loading import check_safetensors
+    from spark_core.model.tiny import build_tiny
+
+    cfg = cfg_of(config_json)
+    if cfg.model.path in ("", "tiny"):
+        if cfg.model.path == "" and cfg.preset != "tiny-cpu":
+            raise ValueError(f"preset {cfg.preset} needs a model: pass --model <HF directory or bucket URI>")
+        return FlyteDirectory(build_tiny(workdir("tiny-model"), cfg.model))
+    d = FlyteDirectory(cfg.model.path)
+    local = d.download()
+    check_safetensors(local)
+    return FlyteDirectory(local)
+
+
+@task(cache=Cache(version=CACHE_VERSIONS["bootstrap"]), container_image=trainer_image, resources=UPDATE,
+      accelerator=UPDATE_ACCELERATOR)
+def bootstrap(config_json: str, base: Checkpoint, train: StructuredDataset) -> tuple[Checkpoint, str]:
+    """Short supervised warm start (tiny default); disabled presets pass the model through."""
+    from spark_core import schemas
+    from spark_core.train.sft import run_bootstrap
+
+    cfg = cfg_of(config_json)
+    if not cfg.bootstrap.enabled:
+        return base, json.dumps({})
+    out = workdir("bootstrap")
+    metrics = run_bootstrap(cfg, base.download(), rows_of(train, schemas.PROMPTS), out)
+    return FlyteDirectory(out), json.dumps(metrics)

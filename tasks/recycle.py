@@ -1,0 +1,24 @@
+"""Recycling: this epoch's rollouts become judge and reflection prompts with labels."""
+
+from __future__ import annotations
+
+from flytekit import Cache, task
+from flytekit.types.structured import StructuredDataset
+
+from images import light_image
+from tasks.cache_versions import CACHE_VERSIONS
+from tasks.common import cfg_of, provenance, rows_of, to_sd
+from tasks.resources import LIGHT
+
+
+@task(cache=Cache(version=CACHE_VERSIONS["recycle"]), container_image=light_image, resources=LIGHT)
+def recycle_rollouts(config_json: str, prompts: StructuredDataset, scored: StructuredDataset,
+                     epoch: int) -> StructuredDataset:
+    from spark_core import schemas
+    from spark_core.recycle import recycle
+
+    cfg = cfg_of(config_json)
+    batch = cfg.recycle.recycled_batch or cfg.rollout.prompts_per_epoch
+    out = recycle(rows_of(prompts, schemas.PROMPTS), rows_of(scored, schemas.SCORED_ROLLOUTS), cfg.recycle,
+                  batch_size=batch, epoch=epoch)
+    return to_sd(out, schemas.PROMPTS, provenance(cfg, "recycle", ("recycle",), epoch=str(epoch)))

@@ -1,0 +1,42 @@
+"""MLflow tasks (never cached: each execution gets its own run)."""
+
+from __future__ import annotations
+
+import json
+
+from flytekit import current_context, task
+
+from images import light_image
+from tasks.common import cfg_of, code_version
+from tasks.resources import LIGHT
+
+
+@task(container_image=light_image, resources=LIGHT)
+def start_tracking(config_json: str) -> str:
+    from spark_core import tracking
+
+    cfg = cfg_of(config_json)
+    exec_id = current_context().execution_id.name
+    tags = {"flyte.execution_id": exec_id, "git_sha": code_version(), "preset": cfg.preset,
+            "arm": cfg.recycle.arm, "config_hash": cfg.section_hash()}
+    return tracking.start_run(cfg.to_dict(), run_name=f"{cfg.recycle.arm}-{exec_id}", tags=tags)
+
+
+@task(container_image=light_image, resources=LIGHT)
+def log_epoch(run_id: str, epoch: int, metrics: list[str]) -> str:
+    """Merge the stage metrics of one epoch, log them at step=epoch, return the merge."""
+    from spark_core import tracking
+
+    merged: dict[str, float] = {}
+    for m in metrics:
+        merged.update(json.loads(m))
+    tracking.log_metrics(run_id, merged, step=epoch)
+    return json.dumps(merged)
+
+
+@task(container_image=light_image, resources=LIGHT)
+def finish_tracking(run_id: str, epoch_metrics: list[str]) -> str:
+    from spark_core import tracking
+
+    tracking.end_run(run_id)
+    return json.dumps([json.loads(m) for m in epoch_metrics])

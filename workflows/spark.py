@@ -1,0 +1,125 @@
+"""SPARK co-evolution as a Flyte workflow: wiring only.
+
+Per epoch: rollout (sharded) -> verifiable reward -> recycle -> update on the problems
+-> rollout of the recycled prompts with the updated policy -> reward -> update on
+them -> eval. Every node is cached, so a rerun or a Flyte "recover" resumes where
+the last one stopped.
+
+    pyflyte run workflows/spark.py spark                       # tiny default, CPU
+    SPARK_PRESET=7b-8xh100 pyflyte run --remote workflows/spark.py spark \\
+        --model s3://bucket/Qwen2.5-VL-7B-Instruct --data s3://bucket/virl39k.parquet
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+from flytekit import dynamic, map_task, task, workflow
+from flytekit.types.structured import StructuredDataset
+
+from images import light_image
+from tasks.common import Checkpoint
+from tasks.data import prepare_data, select_prompts
+from tasks.evaluate import evaluate_policy, judge_eval_set
+from tasks.model import base_model, bootstrap
+from tasks.recycle import recycle_rollouts
+from tasks.resources import LIGHT, PRESET
+from tasks.reward import score_rollouts
+from tasks.rollout import rollout_shard
+from tasks.tracking import finish_tracking, log_epoch, start_tracking
+from tasks.update import update_policy
+
+
+class SparkOutput(NamedTuple):
+    policy: Checkpoint
+    metrics: str
+    quarantine: StructuredDataset
+
+
+@task(container_image=light_image, resources=LIGHT)
+def make_config(preset: str, epochs: int, arm: str, model: str, data: str, eval_data: str, overrides: str) -> str:
+    """Preset + workflow inputs + JSON overrides -> the full config every task receives."""
+    from spark_core.config import load_config
+
+    cfg = load_config(preset, overrides)
+    fields = {"epochs": epochs, "recycle.arm": arm}
+    fields.update({k: v for k, v in {"model.path": model, "data.train_path": data,
+                                     "data.eval_path": eval_data}.items() if v})
+    return cfg.with_overrides(fields).to_json()
+
+
+def _rollout(config_json: str, policy, prompts, tag: str, seed: int, n_shards: int):
+    return map_task(
+        partial(rollout_shard, config_json=config_json, policy=policy, prompts=prompts, tag=tag, seed=seed,
+                n_shards=n_shards),
+        min_success_ratio=1.0,
+    )(shard=list(range(n_shards)))
+
+
+@dynamic(container_image=light_image, resources=LIGHT, environment={"SPARK_PRESET": PRESET})
+def coevolve(config_json: str, run_id: str, start: Checkpoint, train: StructuredDataset,
+             eval_prompts: StructuredDataset, judge_prompts: StructuredDataset, start_metrics: str) -> tuple[Checkpoint, str]:
+    from spark_core.config import SparkConfig, trained_passes
+
+    cfg = SparkConfig.from_json(config_json)
+    passes = trained_passes(cfg.recycle.arm)
+    n_shards = max(1, cfg.rollout.n_shards)
+    policy, state = start, None
+
+    _, m0 = evaluate_policy(config_json=config_json, policy=start, eval_prompts=eval_prompts,
+                            judge_prompts=judge_prompts, epoch=0).with_overrides(name="eval-e0")
+    logs = [log_epoch(run_id=run_id, epoch=0, metrics=[m0, start_metrics])]
+    for e in range(cfg.epochs):
+        prompts = select_prompts(config_json=config_json, train=train, epoch=e)
+        shards = _rollout(config_json, policy, prompts, f"e{e}-policy", cfg.seed + 2 * e, n_shards)
+        scored, rm = score_rollouts(config_json=config_json, shards=shards, tag="policy").with_overrides(
+            name=f"reward-e{e}")
+        recycled = recycle_rollouts(config_json=config_json, prompts=prompts, scored=scored, epoch=e).with_overrides(
+            name=f"recycle-e{e}")
+        metrics = [rm]
+        if "policy" in passes:
+            up = update_policy(config_json=config_json, policy=policy, ref=start, prompts=prompts, scored=scored,
+                               state=state, phase="policy").with_overrides(name=f"update-policy-e{e}")
+            policy, state = up.policy, up.state
+            metrics.append(up.metrics)
+        if cfg.recycle.arm != "policy":
+            rshards = _rollout(config_json, policy, recycled, f"e{e}-recycled", cfg.seed + 2 * e + 1, n_shards)
+            rscored, rrm = score_rollouts(config_json=config_json, shards=rshards, tag="recycled").with_overrides(
+                name=f"reward-recycled-e{e}")
+            metrics.append(rrm)
+            if "recycled" in passes:
+                up = update_policy(config_json=config_json, policy=policy, ref=start, prompts=recycled,
+                                   scored=rscored, state=state, phase="recycled").with_overrides(
+                    name=f"update-recycled-e{e}")
+                policy, state = up.policy, up.state
+                metrics.append(up.metrics)
+        _, em = evaluate_policy(config_json=config_json, policy=policy, eval_prompts=eval_prompts,
+                                judge_prompts=judge_prompts, epoch=e + 1).with_overrides(name=f"eval-e{e + 1}")
+        metrics.append(em)
+        logs.append(log_epoch(run_id=run_id, epoch=e + 1, metrics=metrics))
+    history = finish_tracking(run_id=run_id, epoch_metrics=logs)
+    return policy, history
+
+
+@workflow
+def spark(preset: str = PRESET, epochs: int = 2, arm: str = "spark", model: str = "", data: str = "",
+          eval_data: str = "", overrides: str = "") -> SparkOutput:
+    """Run `epochs` SPARK co-evolution epochs.
+
+    preset: tiny-cpu | 7b-8xh100 | 32b-16xh100. arm: spark | policy | reward | policy_reward
+    (ablations). model/data/eval_data: local paths or bucket URIs ("" = embedded tiny model
+    and synthetic data). overrides: JSON of dotted config keys, e.g. '{"train.lr": 1e-6}'.
+    """
+    config_json = make_config(preset=preset, epochs=epochs, arm=arm, model=model, data=data, eval_data=eval_data,
+                              overrides=overrides)
+    run_id = start_tracking(config_json=config_json)
+    d = prepare_data(config_json=config_json)
+    base = base_model(config_json=config_json)
+    start, boot_metrics = bootstrap(config_json=config_json, base=base, train=d.train)
+    judge_prompts = judge_eval_set(config_json=config_json, policy=start, eval_prompts=d.eval)
+    policy, history = coevolve(config_json=config_json, run_id=run_id, start=start, train=d.train,
+                               eval_prompts=d.eval, judge_prompts=judge_prompts, start_metrics=boot_metrics)
+    return SparkOutput(policy=policy, metrics=history, quarantine=d.quarantine)
+
+
