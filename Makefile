@@ -1,0 +1,30 @@
+# Two entry points on a fresh machine: `make run` (the main job) and `make test`.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export FLYTE_LOCAL_CACHE_ENABLED ?= true
+export TOKENIZERS_PARALLELISM := false
+
+$(BIN)/.installed: pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "needs $(PY) on PATH (or: make PY=python3 ...)"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# the CPU build of torch first, so nothing else pulls a CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+.PHONY: install run test test-fast clean
+install: $(BIN)/.installed
+
+run: install
+	$(BIN)/pyflyte run workflows/spark.py spark
+
+test: install
+	FLYTE_LOCAL_CACHE_ENABLED=false $(BIN)/python -m pytest -q
+
+test-fast: install
+	FLYTE_LOCAL_CACHE_ENABLED=false $(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) mlflow.db

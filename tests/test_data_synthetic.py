@@ -1,0 +1,160 @@
+import io
+import json
+import os
+import re
+
+import pytest
+from PIL import Image
+
+from spark_core import schemas
+from spark_core.config import ANSWER_SUFFIX
+from spark_core.data import TASKS, generate, worked_solution, write_benchmark_dataset, write_spark_dataset
+
+
+def test_same_seed_gives_identical_rows_including_image_bytes():
+    a = generate(12, seed=7)
+    b = generate(12, seed=7)
+    assert a == b
+    assert [r["image"] for r in a] == [r["image"] for r in b]
+
+
+def test_different_seed_gives_different_rows():
+    a = generate(12, seed=7)
+    b = generate(12, seed=8)
+    assert [r["image"] for r in a] != [r["image"] for r in b]
+    assert {r["prompt_id"] for r in a}.isdisjoint({r["prompt_id"] for r in b})
+
+
+def test_row_i_does_not_depend_on_n():
+    assert generate(3, seed=5)[2] == generate(9, seed=5)[2]
+
+
+def test_rows_have_exactly_the_prompts_schema_and_build_a_table():
+    rows = generate(10, seed=1, id_prefix="tr")
+    for r in rows:
+        assert set(r) == set(schemas.PROMPTS.names)
+    t = schemas.table(rows, schemas.PROMPTS)
+    assert t.num_rows == 10
+    assert [r["prompt_id"] for r in rows] == [f"tr-1-{i}" for i in range(10)]
+    r = rows[0]
+    assert r["kind"] == "solve"
+    assert r["template_id"] == r["source_prompt_id"] == r["source_rollout_id"] == ""
+    msg = json.loads(r["message"])
+    assert msg[0]["role"] == "user"
+    assert msg[0]["content"][0]["type"] == "image"
+    assert msg[0]["content"][1]["text"] == r["question"] + "\n" + ANSWER_SUFFIX
+    assert ANSWER_SUFFIX not in r["question"]
+
+
+def test_every_task_appears_and_answers_are_small_integers():
+    rows = generate(25, seed=3)
+    sources = [r["source"] for r in rows]
+    assert {s.split(":", 1)[1] for s in sources} == set(TASKS)
+    assert len(TASKS) >= 5
+    for task in TASKS:
+        assert sources.count(f"synthetic:{task}") == 5  # round-robin: equal shares
+    for r in rows:
+        assert r["answer"].isdigit(), r
+        assert 1 <= int(r["answer"]) <= 20, r
+
+
+def test_task_subset_is_respected():
+    rows = generate(6, seed=0, tasks=("count", "bar_max"))
+    assert {r["source"] for r in rows} == {"synthetic:count", "synthetic:bar_max"}
+    with pytest.raises(ValueError, match="unknown synthetic tasks"):
+        generate(2, seed=0, tasks=("nope",))
+
+
+@pytest.mark.parametrize("size", [64, 112, 160])
+def test_images_are_png_of_the_requested_size(size):
+    for r in generate(5, seed=2, image_size=size):
+        assert r["image"][:8] == b"\x89PNG\r\n\x1a\n"
+        im = Image.open(io.BytesIO(r["image"]))
+        assert im.format == "PNG"
+        assert im.size == (size, size)
+        # high contrast: there is ink on a white page
+        lo, hi = im.convert("L").getextrema()
+        assert hi == 255 and lo < 100
+
+
+def test_count_answer_matches_the_pixels():
+    # shapes sit on a grid without overlap, so blobs of the asked colour can be counted,
+    # and a square fills its bounding box while a circle fills about pi/4 of it
+    import numpy as np
+
+    colours = {"red": (220, 30, 30), "blue": (30, 70, 220), "green": (20, 150, 40)}
+    for r in generate(30, seed=11, tasks=("count",)):
+        colour, shape = re.match(r"How many (\w+) (circle|square)s", r["question"]).groups()
+        arr = np.asarray(Image.open(io.BytesIO(r["image"])).convert("RGB")).astype(int)
+        mask = np.abs(arr - np.array(colours[colour])).sum(-1) < 60
+        fills = [area / (bh * bw) for area, bh, bw in _blobs(mask)]
+        n = sum(1 for f in fills if (f > 0.9) == (shape == "square"))
+        assert n == int(r["answer"]), (r["question"], fills)
+
+
+def _blobs(mask):
+    """(pixel count, bbox height, bbox width) of each 4-connected blob."""
+    import numpy as np
+
+    seen = np.zeros_like(mask, dtype=bool)
+    h, w = mask.shape
+    out = []
+    for y, x in zip(*np.nonzero(mask)):
+        if seen[y, x]:
+            continue
+        seen[y, x] = True
+        stack, pts = [(y, x)], []
+        while stack:
+            cy, cx = stack.pop()
+            pts.append((cy, cx))
+            for ny, nx in ((cy + 1, cx), (cy - 1, cx), (cy, cx + 1), (cy, cx - 1)):
+                if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+        ys, xs = zip(*pts)
+        out.append((len(pts), max(ys) - min(ys) + 1, max(xs) - min(xs) + 1))
+    return out
+
+
+def test_worked_solution_ends_with_one_boxed_answer():
+    for r in generate(20, seed=4):
+        sol = worked_solution(r)
+        assert sol.endswith("\\boxed{" + r["answer"] + "}.")
+        assert sol.count("\\boxed{") == 1
+        assert len(sol.split()) <= 12
+    r = generate(1, seed=4, tasks=("count",))[0]
+    assert worked_solution(r).startswith(f"I count {r['answer']} ")
+    assert worked_solution({"answer": " 42 ", "source": "mathvista"}) == "The answer is \\boxed{42}."
+
+
+def test_write_spark_dataset_is_the_public_row_format(tmp_path):
+    rows = generate(4, seed=9)
+    path = write_spark_dataset(rows, str(tmp_path / "out"), max_pixels=12345)
+    assert path == str(tmp_path / "out" / "train.json")
+    data = json.load(open(path))
+    assert len(data) == 4
+    for rec, r in zip(data, rows):
+        assert set(rec) == {"message", "answer"}
+        assert isinstance(rec["message"], str)
+        msg = json.loads(rec["message"])
+        img, txt = msg[0]["content"]
+        assert img["type"] == "image" and img["max_pixels"] == 12345
+        assert not os.path.isabs(img["image"])
+        with open(os.path.join(tmp_path, "out", img["image"]), "rb") as f:
+            assert f.read() == r["image"]
+        assert txt["text"].startswith(r["question"] + "\n")
+        assert rec["answer"] == r["answer"]
+        # the trainer's multimodal test
+        assert "max_pixels" in rec["message"] and "image" in rec["message"]
+
+
+def test_write_benchmark_dataset(tmp_path):
+    rows = generate(3, seed=9)
+    path = write_benchmark_dataset(rows, str(tmp_path), "synth_eval", absolute_paths=True)
+    data = json.load(open(path))
+    assert [d["dataset"] for d in data] == ["synth_eval"] * 3
+    assert [d["problem"] for d in data] == [r["question"] for r in rows]
+    assert [d["answer"] for d in data] == [r["answer"] for r in rows]
+    for d, r in zip(data, rows):
+        assert os.path.isabs(d["image_path"])
+        assert open(d["image_path"], "rb").read() == r["image"]

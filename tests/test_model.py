@@ -1,0 +1,91 @@
+"""The tiny model is a real Qwen2.5-VL with the real vocabulary, and checkpoints round-trip."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from spark_core.config import ModelConfig
+from spark_core.data import generate
+from spark_core.model.loading import CheckpointError, load_model, load_processor, pixel_limits
+from spark_core.model.logprobs import build_batch, response_logprobs
+from spark_core.model.prompting import processor_inputs, render_prompt
+from spark_core.model.tokenizer import SPECIAL_IDS
+
+
+def test_vocabulary_matches_qwen2(tiny_dir):
+    tok = load_processor(tiny_dir, ModelConfig()).tokenizer
+    # ids of the released Qwen2/Qwen2.5 tokenizer
+    assert tok.encode("Hello world", add_special_tokens=False) == [9707, 1879]
+    assert tok.encode("123", add_special_tokens=False) == [16, 17, 18]  # digits split one by one
+    for name, idx in {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
+                      "<|vision_start|>": 151652, "<|image_pad|>": 151655}.items():
+        assert tok.convert_tokens_to_ids(name) == idx
+        assert SPECIAL_IDS[name] == idx
+    text = "A \\boxed{3} answer"
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+
+
+def test_chat_template_is_qwen_format(tiny_dir):
+    proc = load_processor(tiny_dir, ModelConfig())
+    row = generate(1, seed=0)[0]
+    text = render_prompt(proc, row)
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                           "<|vision_start|><|image_pad|><|vision_end|>")
+    assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    inputs = processor_inputs(proc, [row])
+    n_img = int((inputs["input_ids"] == SPECIAL_IDS["<|image_pad|>"]).sum())
+    assert n_img == int(inputs["image_grid_thw"].prod()) // 4  # 2x2 spatial merge
+
+
+def test_checkpoint_reloads_with_plain_transformers(tiny_dir):
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+
+    files = set(os.listdir(tiny_dir))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json",
+            "chat_template.jinja"} <= files
+    assert not any(f.endswith((".bin", ".pt")) for f in files)
+    cfg = AutoConfig.from_pretrained(tiny_dir)
+    assert cfg.model_type == "qwen2_5_vl" and cfg.text_config.vocab_size == 152064
+    m = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_dir, use_safetensors=True)
+    assert sum(p.numel() for p in m.parameters()) > 1_000_000
+
+
+def test_pickle_only_checkpoint_is_refused(tmp_path, tiny_dir):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(open(os.path.join(tiny_dir, "config.json")).read())
+    (d / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(CheckpointError, match="safetensors"):
+        load_model(str(d), ModelConfig())
+
+
+def test_pixel_limits_come_from_config(tiny_dir):
+    cfg = ModelConfig(min_pixels=8 * 28 * 28, max_pixels=32 * 28 * 28)
+    assert pixel_limits(load_processor(tiny_dir, cfg).image_processor) == (8 * 28 * 28, 32 * 28 * 28)
+
+
+def test_response_logprobs_match_full_forward(tiny_dir):
+    cfg = ModelConfig()
+    proc = load_processor(tiny_dir, cfg)
+    model = load_model(tiny_dir, cfg)
+    rows = generate(2, seed=3)
+    inputs = processor_inputs(proc, rows[:1])
+    prompt = inputs["input_ids"][0].tolist()
+    resp = proc.tokenizer.encode("I count 3. \\boxed{3}", add_special_tokens=False)
+    batch = build_batch(proc, rows[:1], [prompt], [resp])
+    with torch.no_grad():
+        lp = response_logprobs(model, batch)
+        full = model(**batch.model_inputs()).logits.log_softmax(-1)
+    P = len(prompt)
+    expected = torch.stack([full[0, P - 1 + i, t] for i, t in enumerate(resp)])
+    got = lp[0, P : P + len(resp)]
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert batch.response_mask[0, :P].sum() == 0 and batch.response_mask[0].sum() == len(resp)
+
+
+def test_processor_config_files_describe_stock_processor(tiny_dir):
+    assert json.load(open(os.path.join(tiny_dir, "processor_config.json")))["processor_class"] == "Qwen2_5_VLProcessor"
