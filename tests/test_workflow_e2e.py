@@ -74,3 +74,25 @@ def test_rerun_reuses_cached_stages(tmp_path):
     policy = [o.split("policy=")[1].split(",")[0] for o in outs]
     assert policy[0] == policy[1]
     assert os.path.isdir(os.path.join(str(tmp_path), ".flyte", "local-cache"))
+
+
+@pytest.mark.slow
+def test_report_and_compare_from_a_real_run(mlflow_db, tmp_path, capsys):
+    """The Deck HTML and the comparison plot, checked for the run's values."""
+    from spark_core.evaluate import compare
+    from tasks.report import report
+    from workflows.spark import spark
+
+    fast = dict(FAST, **{"rollout.prompts_per_epoch": 2, "rollout.n_samples": 2, "bootstrap.steps": 5})
+    out = spark(epochs=1, arm="policy", overrides=json.dumps(fast))
+    history = json.loads(out.metrics)
+    html = report(history=out.metrics)
+    assert f"{history[-1]['eval/accuracy']:.3f}" in html
+    assert f"{history[-1]['policy/reward_mean']:.3f}" in html
+    assert html.count('<img src="data:image/png;base64,') >= 2
+
+    png = tmp_path / "cmp.png"
+    assert compare.main(["--metrics", "eval/accuracy", "policy/reward_mean", "--plot", str(png)]) == 0
+    printed = capsys.readouterr().out
+    assert "policy" in printed and f"{history[-1]['eval/accuracy']:.3f}" in printed
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

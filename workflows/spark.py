@@ -24,6 +24,7 @@ from tasks.data import prepare_data, select_prompts
 from tasks.evaluate import evaluate_policy, judge_eval_set
 from tasks.model import base_model, bootstrap
 from tasks.recycle import recycle_rollouts
+from tasks.report import report
 from tasks.resources import LIGHT, PRESET
 from tasks.reward import score_rollouts
 from tasks.rollout import rollout_shard
@@ -120,6 +121,7 @@ def spark(preset: str = PRESET, epochs: int = 2, arm: str = "spark", model: str 
     judge_prompts = judge_eval_set(config_json=config_json, policy=start, eval_prompts=d.eval)
     policy, history = coevolve(config_json=config_json, run_id=run_id, start=start, train=d.train,
                                eval_prompts=d.eval, judge_prompts=judge_prompts, start_metrics=boot_metrics)
+    report(history=history)  # Flyte Deck: curves over epochs and per-benchmark table
     return SparkOutput(policy=policy, metrics=history, quarantine=d.quarantine)
 
 

@@ -1,0 +1,320 @@
+"""The vLLM rollout backend: request building, arguments and output conversion without a GPU,
+plus one real run on the tiny model where a GPU and vLLM are present."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from spark_core import schemas
+from spark_core.config import ANSWER_SUFFIX, ModelConfig
+from spark_core.data import generate
+from spark_core.model.loading import load_processor, pixel_limits
+from spark_core.model.prompting import decode_image, render_prompt
+from spark_core.model.tokenizer import SPECIAL_IDS
+from spark_core.rollout.base import SamplingSpec
+from spark_core.rollout.vllm_backend import (
+    IM_END_ID,
+    STOP_IDS,
+    build_requests,
+    engine_kwargs,
+    request_seed,
+    samples_from_outputs,
+    sampling_kwargs,
+)
+
+HAS_VLLM = importlib.util.find_spec("vllm") is not None
+IMAGE_PAD = "<|image_pad|>"
+
+
+@pytest.fixture(scope="module")
+def processor(tiny_dir):
+    return load_processor(tiny_dir, ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return generate(3, seed=0)
+
+
+def text_row(pid: str = "txt-0") -> dict:
+    q = "What is 2 + 3?"
+    return {"prompt_id": pid, "kind": schemas.KIND_SOLVE,
+            "message": schemas.message_json(q + "\n" + ANSWER_SUFFIX, has_image=False), "question": q,
+            "answer": "5", "image": None, "source": "test", "template_id": "", "source_prompt_id": "",
+            "source_rollout_id": ""}
+
+
+# ---- build_requests -------------------------------------------------------
+
+
+def test_build_requests_image_rows(processor, rows):
+    reqs = build_requests(processor, rows)
+    assert len(reqs) == len(rows)
+    for req, row in zip(reqs, rows):
+        assert set(req) == {"prompt", "multi_modal_data"}
+        assert req["prompt"] == render_prompt(processor, row)
+        # one placeholder; vLLM expands it to the image's vision tokens
+        assert req["prompt"].count(IMAGE_PAD) == 1
+        assert req["prompt"].endswith("<|im_start|>assistant\n")
+        img = req["multi_modal_data"]["image"]
+        assert isinstance(img, Image.Image) and img.mode == "RGB"
+        assert img.size == decode_image(row).size
+        assert img.tobytes() == decode_image(row).tobytes()
+        assert json.loads(row["message"])[0]["content"][-1]["text"].split("\n")[0] in req["prompt"]
+
+
+def test_build_requests_text_only_row(processor, rows):
+    reqs = build_requests(processor, [text_row(), rows[0]])
+    assert set(reqs[0]) == {"prompt"}
+    assert IMAGE_PAD not in reqs[0]["prompt"]
+    assert "What is 2 + 3?" in reqs[0]["prompt"]
+    assert "multi_modal_data" in reqs[1]
+
+
+def test_build_requests_empty(processor):
+    assert build_requests(processor, []) == []
+
+
+# ---- sampling_kwargs ------------------------------------------------------
+
+
+def test_sampling_kwargs_sampling():
+    kw = sampling_kwargs(SamplingSpec(n=8, temperature=0.9, top_p=0.95, max_new_tokens=64, seed=7))
+    assert kw["n"] == 8
+    assert kw["temperature"] == 0.9 and kw["top_p"] == 0.95
+    assert kw["top_k"] == 0  # disabled
+    assert kw["max_tokens"] == 64 and kw["seed"] == 7
+    assert kw["logprobs"] == 0  # sampled token's log-prob only
+    assert kw["stop_token_ids"] == [IM_END_ID, SPECIAL_IDS["<|endoftext|>"]]
+    assert kw["skip_special_tokens"] is True and kw["detokenize"] is True
+
+
+def test_sampling_kwargs_greedy():
+    kw = sampling_kwargs(SamplingSpec(n=2, temperature=0.0, top_p=0.5, max_new_tokens=4))
+    assert kw["temperature"] == 0.0 and kw["top_p"] == 1.0 and kw["top_k"] == 0
+
+
+@pytest.mark.skipif(not HAS_VLLM, reason="vllm not installed")
+def test_sampling_kwargs_accepted_by_vllm():
+    from vllm import SamplingParams
+
+    p = SamplingParams(**sampling_kwargs(SamplingSpec(n=4, temperature=1.0, max_new_tokens=16, seed=3)))
+    assert p.n == 4 and p.logprobs == 0 and p.top_k == 0
+
+
+def test_request_seed_per_prompt():
+    assert request_seed(0, "a") == request_seed(0, "a")
+    assert len({request_seed(0, f"p{i}") for i in range(100)}) == 100
+    assert request_seed(0, "a") != request_seed(1, "a")
+    assert all(0 <= request_seed(s, "x") < 2**30 for s in range(20))
+
+
+# ---- engine_kwargs --------------------------------------------------------
+
+
+def test_engine_kwargs(tiny_dir, processor):
+    cfg = ModelConfig()
+    kw = engine_kwargs(tiny_dir, cfg, 2, 0.7, seed=5, processor=processor)
+    lo, hi = pixel_limits(load_processor(tiny_dir, cfg).image_processor)
+    assert kw["mm_processor_kwargs"] == {"min_pixels": lo, "max_pixels": hi}
+    assert (lo, hi) == (cfg.min_pixels, cfg.max_pixels)
+    assert kw["model"] == tiny_dir and kw["tokenizer"] == tiny_dir
+    assert kw["trust_remote_code"] is False
+    assert kw["dtype"] == cfg.dtype
+    assert kw["limit_mm_per_prompt"] == {"image": 1}
+    assert kw["enable_prefix_caching"] is True
+    assert kw["seed"] == 5 and kw["tensor_parallel_size"] == 2 and kw["gpu_memory_utilization"] == 0.7
+    assert kw["logprobs_mode"] == "raw_logprobs"
+    assert "max_model_len" not in kw
+    assert engine_kwargs(tiny_dir, cfg, 1, 0.5, max_model_len=2048, processor=processor)["max_model_len"] == 2048
+
+
+def test_engine_kwargs_follow_configured_pixel_limits(tiny_dir):
+    cfg = ModelConfig(min_pixels=8 * 28 * 28, max_pixels=32 * 28 * 28, trust_remote_code=True, dtype="bfloat16")
+    kw = engine_kwargs(tiny_dir, cfg, 1, 0.5)  # loads the processor itself
+    lo, hi = pixel_limits(load_processor(tiny_dir, cfg).image_processor)
+    assert kw["mm_processor_kwargs"] == {"min_pixels": lo, "max_pixels": hi} == {
+        "min_pixels": 8 * 28 * 28, "max_pixels": 32 * 28 * 28}
+    assert kw["trust_remote_code"] is True and kw["dtype"] == "bfloat16"
+
+
+@pytest.mark.skipif(not HAS_VLLM, reason="vllm not installed")
+def test_engine_kwargs_are_engine_args(tiny_dir, processor):
+    from vllm.engine.arg_utils import EngineArgs
+
+    names = {f.name for f in dataclasses.fields(EngineArgs)}
+    assert set(engine_kwargs(tiny_dir, ModelConfig(), processor=processor)) <= names
+
+
+# ---- samples_from_outputs -------------------------------------------------
+
+
+def lp(token_ids, values):
+    return [{t: SimpleNamespace(logprob=v)} for t, v in zip(token_ids, values)]
+
+
+def completion(index, token_ids, values, finish, text="", stop_reason=None, logprobs=None):
+    return SimpleNamespace(index=index, token_ids=token_ids, text=text, finish_reason=finish,
+                           stop_reason=stop_reason,
+                           logprobs=logprobs if logprobs is not None else lp(token_ids, values))
+
+
+def test_samples_from_outputs_prompt_major():
+    rows = [{"prompt_id": "p0"}, {"prompt_id": "p1"}]
+    spec = SamplingSpec(n=2, max_new_tokens=3)
+    outputs = [
+        SimpleNamespace(prompt_token_ids=[1, 2, 3], outputs=[
+            # listed out of order: sample_index follows `index`
+            completion(1, [40, 41, 42], [-0.5, -0.6, -0.7], "length", text="abc"),
+            completion(0, [10, IM_END_ID], [-0.1, -0.2], "stop", text="x"),
+        ]),
+        SimpleNamespace(prompt_token_ids=(4, 5), outputs=[
+            completion(0, [7, 8, 9], [-1.0, -1.1, -1.2], "length", text="789"),
+            completion(1, [SPECIAL_IDS["<|endoftext|>"]], [-3.0], "stop", text=""),
+        ]),
+    ]
+    samples = samples_from_outputs(rows, outputs, spec)
+    assert [(s.prompt_id, s.sample_index) for s in samples] == [("p0", 0), ("p0", 1), ("p1", 0), ("p1", 1)]
+    s0, s1, s2, s3 = samples
+    assert s0.response_token_ids == [10, IM_END_ID] and s0.logprobs == [-0.1, -0.2]
+    assert s0.finish_reason == "stop" and s0.response == "x" and s0.prompt_token_ids == [1, 2, 3]
+    assert s1.response_token_ids == [40, 41, 42] and s1.logprobs == [-0.5, -0.6, -0.7]
+    assert s1.finish_reason == "length" and s1.response == "abc"
+    assert s2.prompt_token_ids == [4, 5] and s2.finish_reason == "length"
+    assert s3.response_token_ids == [SPECIAL_IDS["<|endoftext|>"]] and s3.finish_reason == "stop"
+    for s in samples:
+        assert len(s.logprobs) == len(s.response_token_ids)
+        assert all(isinstance(t, int) for t in s.response_token_ids)
+
+
+def test_samples_from_outputs_picks_sampled_token_among_alternatives():
+    # with logprobs > 0 a position also holds top alternatives; the sampled token's value is used
+    lps = [{5: SimpleNamespace(logprob=-2.0), 6: SimpleNamespace(logprob=-0.1)},
+           {IM_END_ID: SimpleNamespace(logprob=-0.3), 9: SimpleNamespace(logprob=-0.01)}]
+    out = SimpleNamespace(prompt_token_ids=[1], outputs=[completion(0, [5, IM_END_ID], None, "stop", logprobs=lps)])
+    (s,) = samples_from_outputs([{"prompt_id": "p"}], [out], SamplingSpec(n=1))
+    assert s.logprobs == [-2.0, -0.3]
+
+
+def test_dropped_stop_token_restored_when_its_logprob_is_known():
+    lps = lp([11, 12, IM_END_ID], [-0.1, -0.2, -0.05])  # a log-prob for the stop position too
+    out = SimpleNamespace(prompt_token_ids=[1], outputs=[completion(0, [11, 12], None, "stop", logprobs=lps)])
+    (s,) = samples_from_outputs([{"prompt_id": "p"}], [out], SamplingSpec(n=1))
+    assert s.response_token_ids == [11, 12, IM_END_ID]
+    assert s.logprobs == [-0.1, -0.2, -0.05]
+    assert s.finish_reason == "stop"
+
+
+def test_dropped_stop_token_uses_stop_reason():
+    eot = SPECIAL_IDS["<|endoftext|>"]
+    lps = lp([11, eot], [-0.1, -0.4])
+    out = SimpleNamespace(prompt_token_ids=[1],
+                          outputs=[completion(0, [11], None, "stop", stop_reason=eot, logprobs=lps)])
+    (s,) = samples_from_outputs([{"prompt_id": "p"}], [out], SamplingSpec(n=1))
+    assert s.response_token_ids == [11, eot] and s.logprobs == [-0.1, -0.4]
+
+
+def test_dropped_stop_token_without_logprob_is_not_invented():
+    out = SimpleNamespace(prompt_token_ids=[1], outputs=[completion(0, [11, 12], [-0.1, -0.2], "stop")])
+    (s,) = samples_from_outputs([{"prompt_id": "p"}], [out], SamplingSpec(n=1))
+    assert s.response_token_ids == [11, 12] and s.logprobs == [-0.1, -0.2]
+    assert s.finish_reason == "stop"
+
+
+def test_length_finish_never_gets_a_stop_token():
+    out = SimpleNamespace(prompt_token_ids=[1], outputs=[completion(0, [3, 4], [-1.0, -1.0], "length")])
+    (s,) = samples_from_outputs([{"prompt_id": "p"}], [out], SamplingSpec(n=1, max_new_tokens=2))
+    assert s.response_token_ids == [3, 4] and s.finish_reason == "length"
+    assert not set(s.response_token_ids) & set(STOP_IDS)
+
+
+def test_samples_from_outputs_rejects_bad_outputs():
+    spec = SamplingSpec(n=2)
+    ok = completion(0, [1], [-0.1], "stop")
+    with pytest.raises(ValueError, match="outputs for"):
+        samples_from_outputs([{"prompt_id": "p"}], [], spec)
+    with pytest.raises(ValueError, match="completions"):
+        samples_from_outputs([{"prompt_id": "p"}], [SimpleNamespace(prompt_token_ids=[1], outputs=[ok])], spec)
+    missing = completion(0, [1, 2], None, "length", logprobs=lp([1, 99], [-0.1, -0.2]))
+    with pytest.raises(ValueError, match="sampled token"):
+        samples_from_outputs([{"prompt_id": "p"}], [SimpleNamespace(prompt_token_ids=[1], outputs=[missing])],
+                             SamplingSpec(n=1))
+    none = completion(0, [1], [-0.1], "length")
+    none.logprobs = None
+    with pytest.raises(ValueError, match="no logprobs"):
+        samples_from_outputs([{"prompt_id": "p"}], [SimpleNamespace(prompt_token_ids=[1], outputs=[none])],
+                             SamplingSpec(n=1))
+    aborted = completion(0, [1], [-0.1], "abort")
+    with pytest.raises(RuntimeError, match="abort"):
+        samples_from_outputs([{"prompt_id": "p"}], [SimpleNamespace(prompt_token_ids=[1], outputs=[aborted])],
+                             SamplingSpec(n=1))
+
+
+# ---- the backend itself ---------------------------------------------------
+
+
+def test_module_imports_without_vllm():
+    import spark_core.rollout.vllm_backend as vb
+
+    assert hasattr(vb, "VLLMBackend")
+
+
+@pytest.mark.skipif(HAS_VLLM, reason="checks the message when vllm is missing")
+def test_backend_needs_vllm(tiny_dir, monkeypatch):
+    from spark_core.rollout.vllm_backend import VLLMBackend
+
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
+    with pytest.raises(ImportError):
+        VLLMBackend(tiny_dir, ModelConfig())
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+
+
+def _gpu_ready() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and HAS_VLLM
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_ready(), reason="needs a CUDA GPU and vllm")
+def test_vllm_backend_on_tiny_model(tiny_dir, rows):
+    import torch
+
+    from spark_core.model.loading import load_model
+    from spark_core.model.logprobs import build_batch, gather_response, response_logprobs
+    from spark_core.rollout.vllm_backend import VLLMBackend
+
+    cfg = ModelConfig()
+    backend = VLLMBackend(tiny_dir, cfg, gpu_memory_utilization=0.3, seed=0)
+    spec = SamplingSpec(n=2, temperature=1.0, max_new_tokens=8, seed=1)
+    samples = backend.generate(rows[:2], spec)
+    assert [(s.prompt_id, s.sample_index) for s in samples] == [
+        (rows[0]["prompt_id"], 0), (rows[0]["prompt_id"], 1), (rows[1]["prompt_id"], 0), (rows[1]["prompt_id"], 1)]
+    for s in samples:
+        assert 1 <= len(s.response_token_ids) <= 8
+        assert len(s.logprobs) == len(s.response_token_ids)
+        assert s.finish_reason in ("stop", "length")
+        if s.finish_reason == "stop":
+            assert s.response_token_ids[-1] in STOP_IDS
+    # same seed, same samples
+    again = backend.generate(rows[:2], spec)
+    assert [s.response_token_ids for s in again] == [s.response_token_ids for s in samples]
+
+    # the trainer's recomputation agrees with vLLM: same vision tokens, same log-probs
+    model = load_model(tiny_dir, cfg, device="cuda")
+    expanded = [rows[i // spec.n] for i in range(len(samples))]
+    batch = build_batch(backend.processor, expanded, [s.prompt_token_ids for s in samples],
+                        [s.response_token_ids for s in samples]).to("cuda")
+    with torch.no_grad():
+        ref = gather_response(response_logprobs(model, batch).cpu(), batch.to("cpu"))
+    for s, r in zip(samples, ref):
+        assert s.logprobs == pytest.approx(r, abs=5e-2)
