@@ -316,3 +316,17 @@ def total_optimizer_steps(cfg: "SparkConfig") -> int:
     per_pass = optimizer_steps_per_pass(cfg.rollout.prompts_per_epoch * cfg.rollout.n_samples,
                                         cfg.train.train_batch_size)
     return cfg.epochs * len(trained_passes(cfg.recycle.arm)) * per_pass * cfg.train.ppo_epochs
+
+
+def prefix_view(cfg: "SparkConfig") -> "SparkConfig":
+    """The config as the stages before the epoch loop see it (data, model, warm start,
+    held-out judge set): fields that only shape the loop are reset to their defaults,
+    so runs that differ only in those (e.g. the ablation arms) share the cached prefix."""
+    d = cfg.to_dict()
+    d["epochs"] = SparkConfig().epochs
+    d["train"] = dataclasses.asdict(TrainConfig())
+    d["recycle"]["arm"] = "spark"
+    d["recycle"]["recycled_batch"] = 0
+    d["rollout"]["prompts_per_epoch"] = RolloutConfig().prompts_per_epoch
+    d["rollout"]["n_shards"] = RolloutConfig().n_shards
+    return SparkConfig.from_dict(d)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
+
 from flytekit import Cache, task
 from flytekit.types.structured import StructuredDataset
 
@@ -22,3 +24,22 @@ def recycle_rollouts(config_json: str, prompts: StructuredDataset, scored: Struc
     out = recycle(rows_of(prompts, schemas.PROMPTS), rows_of(scored, schemas.SCORED_ROLLOUTS), cfg.recycle,
                   batch_size=batch, epoch=epoch)
     return to_sd(out, schemas.PROMPTS, provenance(cfg, "recycle", ("recycle",), epoch=str(epoch)))
+
+
+class QueueOutput(NamedTuple):
+    batch: StructuredDataset  # a full recycled batch, or empty when the queue is short
+    queue: StructuredDataset  # what waits for a later epoch
+
+
+@task(cache=Cache(version=CACHE_VERSIONS["recycle"]), container_image=light_image, resources=LIGHT)
+def queue_recycled(config_json: str, queue: Optional[StructuredDataset], new: StructuredDataset,
+                   epoch: int) -> QueueOutput:
+    from spark_core import schemas
+    from spark_core.recycle.fifo import push_pop
+
+    cfg = cfg_of(config_json)
+    batch_size = cfg.recycle.recycled_batch or cfg.rollout.prompts_per_epoch
+    waiting = rows_of(queue, schemas.PROMPTS) if queue is not None else []
+    batch, rest = push_pop(waiting, rows_of(new, schemas.PROMPTS), batch_size)
+    meta = provenance(cfg, "recycle", ("recycle", "rollout"), epoch=str(epoch))
+    return QueueOutput(to_sd(batch, schemas.PROMPTS, meta), to_sd(rest, schemas.PROMPTS, meta))

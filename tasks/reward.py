@@ -27,7 +27,7 @@ def score_rollouts(config_json: str, shards: list[StructuredDataset], tag: str) 
     for r, s in zip(rows, scores):
         r.update(reward=float(s["reward"]), extracted=s["extracted"], verify_status=s["status"], verify_ms=s["ms"])
     n = max(1, len(rows))
-    metrics = {f"{tag}/reward_mean": sum(r["reward"] for r in rows) / n,
+    metrics = {f"{tag}/samples": len(rows), f"{tag}/reward_mean": sum(r["reward"] for r in rows) / n,
                f"{tag}/no_boxed_rate": sum(r["verify_status"] == "no_boxed" for r in rows) / n,
                f"{tag}/timeout_rate": sum(r["verify_status"] == "timeout" for r in rows) / n,
                f"{tag}/truncated_rate": sum(r["finish_reason"] == "length" for r in rows) / n,

@@ -28,7 +28,7 @@ def rollout_shard(config_json: str, policy: Checkpoint, prompts: StructuredDatas
         return to_sd([], schemas.ROLLOUTS, meta)
     r = cfg.rollout
     t0 = time.time()
-    backend = make_backend(r.backend, policy.download(), cfg.model)
+    backend = make_backend(r.backend, policy.download(), cfg.model, r)
     spec = SamplingSpec(n=r.n_samples, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
                         seed=seed * 1000 + shard)
     samples = backend.generate(rows, spec, desc=f"rollout[{tag}:{shard}]")

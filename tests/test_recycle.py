@@ -268,7 +268,7 @@ def test_no_reflection_when_all_correct():
     scored = [r for i in range(4) for r in rollouts(f"p{i}", [(1.0, "5")] * 3, "5")]
     rows = recycle(prompts, scored, cfg(arm="spark"), 4, 0, ANSWER_SUFFIX)
     assert refl_rows(rows) == []
-    assert len(rows) == 4  # judge data fill the room reflection left, beyond its half
+    assert len(rows) == 2  # judge data never take more than their half of the batch
 
 
 def test_timed_out_rollouts_are_not_shown_as_wrong():

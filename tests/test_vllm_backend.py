@@ -318,3 +318,25 @@ def test_vllm_backend_on_tiny_model(tiny_dir, rows):
         ref = gather_response(response_logprobs(model, batch).cpu(), batch.to("cpu"))
     for s, r in zip(samples, ref):
         assert s.logprobs == pytest.approx(r, abs=5e-2)
+
+
+def test_make_backend_passes_engine_settings(monkeypatch):
+    import spark_core.rollout.vllm_backend as vb
+    from spark_core.config import RolloutConfig
+    from spark_core.rollout.base import make_backend
+
+    seen = {}
+
+    class FakeBackend:
+        def __init__(self, model_dir, cfg, **kwargs):
+            seen.update(model_dir=model_dir, cfg=cfg, kwargs=kwargs)
+
+    monkeypatch.setattr(vb, "VLLMBackend", FakeBackend)
+    cfg = ModelConfig()
+    r = RolloutConfig(backend="vllm", tensor_parallel_size=2, gpu_memory_utilization=0.85)
+    backend = make_backend("vllm", "/models/x", cfg, r)
+    assert isinstance(backend, FakeBackend)
+    assert seen["model_dir"] == "/models/x" and seen["cfg"] is cfg
+    assert seen["kwargs"] == {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.85}
+    make_backend("vllm", "/models/x", cfg)  # without a RolloutConfig: the backend's defaults
+    assert seen["kwargs"] == {}

@@ -1,8 +1,8 @@
 """SPARK co-evolution as a Flyte workflow: wiring only.
 
 Per epoch: rollout (sharded) -> verifiable reward -> recycle -> update on the problems
--> rollout of the recycled prompts with the updated policy -> reward -> update on
-them -> eval. Every node is cached, so a rerun or a Flyte "recover" resumes where
+-> recycled prompts queue up (FIFO) and, once a full batch waits, are rolled out with
+the updated policy -> reward -> update on them -> eval. Every node is cached, so a rerun or a Flyte "recover" resumes where
 the last one stopped.
 
     pyflyte run workflows/spark.py spark                       # tiny default, CPU
@@ -23,13 +23,18 @@ from tasks.common import Checkpoint
 from tasks.data import prepare_data, select_prompts
 from tasks.evaluate import evaluate_policy, judge_eval_set
 from tasks.model import base_model, bootstrap
-from tasks.recycle import recycle_rollouts
+from tasks.recycle import queue_recycled, recycle_rollouts
 from tasks.report import report
 from tasks.resources import LIGHT, PRESET
 from tasks.reward import score_rollouts
 from tasks.rollout import rollout_shard
 from tasks.tracking import finish_tracking, log_epoch, start_tracking
 from tasks.update import update_policy
+
+
+class Configs(NamedTuple):
+    config: str  # what the epoch loop uses
+    prefix: str  # what the stages before the loop use (shared across arms and loop settings)
 
 
 class SparkOutput(NamedTuple):
@@ -39,15 +44,17 @@ class SparkOutput(NamedTuple):
 
 
 @task(container_image=light_image, resources=LIGHT)
-def make_config(preset: str, epochs: int, arm: str, model: str, data: str, eval_data: str, overrides: str) -> str:
+def make_config(preset: str, epochs: int, arm: str, model: str, data: str, eval_data: str,
+                overrides: str) -> Configs:
     """Preset + workflow inputs + JSON overrides -> the full config every task receives."""
-    from spark_core.config import load_config
+    from spark_core.config import load_config, prefix_view
 
     cfg = load_config(preset, overrides)
     fields = {"epochs": epochs, "recycle.arm": arm}
     fields.update({k: v for k, v in {"model.path": model, "data.train_path": data,
                                      "data.eval_path": eval_data}.items() if v})
-    return cfg.with_overrides(fields).to_json()
+    cfg = cfg.with_overrides(fields)
+    return Configs(cfg.to_json(), prefix_view(cfg).to_json())
 
 
 def _rollout(config_json: str, policy, prompts, tag: str, seed: int, n_shards: int):
@@ -66,7 +73,7 @@ def coevolve(config_json: str, run_id: str, start: Checkpoint, train: Structured
     cfg = SparkConfig.from_json(config_json)
     passes = trained_passes(cfg.recycle.arm)
     n_shards = max(1, cfg.rollout.n_shards)
-    policy, state = start, None
+    policy, state, queue = start, None, None
 
     _, m0 = evaluate_policy(config_json=config_json, policy=start, eval_prompts=eval_prompts,
                             judge_prompts=judge_prompts, epoch=0).with_overrides(name="eval-e0")
@@ -85,6 +92,9 @@ def coevolve(config_json: str, run_id: str, start: Checkpoint, train: Structured
             policy, state = up.policy, up.state
             metrics.append(up.metrics)
         if cfg.recycle.arm != "policy":
+            q = queue_recycled(config_json=config_json, queue=queue, new=recycled, epoch=e).with_overrides(
+                name=f"queue-e{e}")
+            recycled, queue = q.batch, q.queue
             rshards = _rollout(config_json, policy, recycled, f"e{e}-recycled", cfg.seed + 2 * e + 1, n_shards)
             rscored, rrm = score_rollouts(config_json=config_json, shards=rshards, tag="recycled").with_overrides(
                 name=f"reward-recycled-e{e}")
@@ -112,13 +122,14 @@ def spark(preset: str = PRESET, epochs: int = 2, arm: str = "spark", model: str 
     (ablations). model/data/eval_data: local paths or bucket URIs ("" = embedded tiny model
     and synthetic data). overrides: JSON of dotted config keys, e.g. '{"train.lr": 1e-6}'.
     """
-    config_json = make_config(preset=preset, epochs=epochs, arm=arm, model=model, data=data, eval_data=eval_data,
-                              overrides=overrides)
+    cfgs = make_config(preset=preset, epochs=epochs, arm=arm, model=model, data=data, eval_data=eval_data,
+                       overrides=overrides)
+    config_json = cfgs.config
     run_id = start_tracking(config_json=config_json)
-    d = prepare_data(config_json=config_json)
-    base = base_model(config_json=config_json)
-    start, boot_metrics = bootstrap(config_json=config_json, base=base, train=d.train)
-    judge_prompts = judge_eval_set(config_json=config_json, policy=start, eval_prompts=d.eval)
+    d = prepare_data(config_json=cfgs.prefix)
+    base = base_model(config_json=cfgs.prefix)
+    start, boot_metrics = bootstrap(config_json=cfgs.prefix, base=base, train=d.train)
+    judge_prompts = judge_eval_set(config_json=cfgs.prefix, policy=start, eval_prompts=d.eval)
     policy, history = coevolve(config_json=config_json, run_id=run_id, start=start, train=d.train,
                                eval_prompts=d.eval, judge_prompts=judge_prompts, start_metrics=boot_metrics)
     report(history=history)  # Flyte Deck: curves over epochs and per-benchmark table

@@ -1,11 +1,19 @@
-"""A fixed, held-out set of judge prompts for measuring the model as a judge."""
+"""A fixed, held-out set of judge prompts for measuring the model as a judge.
+
+Judge prompts are recycled from the starting policy's own rollouts on eval problems,
+as in training. Problems whose rollouts give nothing to judge (no extracted answer,
+typical of a weak starting model) get a judge prompt on a made-up candidate instead
+(the true answer or a nearby wrong one), so every eval problem contributes one.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import random
 
 from spark_core.config import SparkConfig
 from spark_core.recycle import recycle
+from spark_core.recycle.build import judge_sample_for_bootstrap, stable_seed
 from spark_core.reward import score_batch
 from spark_core.rollout.base import SamplingSpec
 from spark_core.rollout.hf import HFBackend
@@ -27,4 +35,12 @@ def build_judge_eval_set(cfg: SparkConfig, model_dir: str, eval_rows: list[dict]
                "extracted": sc["extracted"], "verify_status": sc["status"]} for s, sc in zip(samples, scores)]
     # judge data only, one per prompt, however the run's arm recycles
     rc = dataclasses.replace(cfg.recycle, arm="policy_reward", seed=cfg.recycle.seed + 991)
-    return recycle(rows, scored, rc, batch_size=len(rows), epoch=0)
+    judged = recycle(rows, scored, rc, batch_size=len(rows), epoch=0)
+    covered = {r["source_prompt_id"] for r in judged}
+    rng = random.Random(stable_seed("judge-eval-topup", cfg.seed))
+    for r in rows:
+        if r["prompt_id"] not in covered:
+            sample, _ = judge_sample_for_bootstrap(r, rng)
+            judged.append(dict(sample, prompt_id=f"{r['prompt_id']}/judge-eval-synthetic",
+                               source_rollout_id="synthetic-candidate"))
+    return judged

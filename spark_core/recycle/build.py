@@ -212,11 +212,11 @@ def recycle(
         if s is not None
     ]
 
-    # spark: judge up to its share; whichever kind is short leaves room for the other
+    # spark: at most its share of the batch for each kind (a short kind leaves the
+    # batch short rather than tilting the judge/reflection mix)
     judge_cap = int(math.floor(batch_size * cfg.max_judge_fraction))
     n_judge = min(len(judge), judge_cap)
-    n_reflect = min(len(reflect), batch_size - n_judge)
-    n_judge = min(len(judge), batch_size - n_reflect)
+    n_reflect = min(len(reflect), batch_size - judge_cap)
     return _take(rng, judge, n_judge) + _take(rng, reflect, n_reflect)
 
 

@@ -41,8 +41,13 @@ class RolloutBackend(Protocol):
     def generate(self, prompts: list[dict], spec: SamplingSpec) -> list[Sample]: ...
 
 
-def make_backend(name: str, model_dir: str, model_cfg) -> RolloutBackend:
-    """Pick a backend by configuration; the vLLM one is imported only when asked for."""
+def make_backend(name: str, model_dir: str, model_cfg, rollout_cfg=None) -> RolloutBackend:
+    """Pick a backend by configuration; the vLLM one is imported only when asked for.
+
+    rollout_cfg (a RolloutConfig) carries the vLLM engine settings: tensor parallel
+    size and the share of GPU memory the engine may take. Without it the engine uses
+    the backend's own defaults. The hf backend has no engine settings.
+    """
     if name == "hf":
         from spark_core.rollout.hf import HFBackend
 
@@ -50,5 +55,9 @@ def make_backend(name: str, model_dir: str, model_cfg) -> RolloutBackend:
     if name == "vllm":
         from spark_core.rollout.vllm_backend import VLLMBackend
 
-        return VLLMBackend(model_dir, model_cfg)
+        engine = {}
+        if rollout_cfg is not None:
+            engine = {"tensor_parallel_size": rollout_cfg.tensor_parallel_size,
+                      "gpu_memory_utilization": rollout_cfg.gpu_memory_utilization}
+        return VLLMBackend(model_dir, model_cfg, **engine)
     raise ValueError(f"unknown rollout backend {name!r}; choose 'hf' or 'vllm'")
