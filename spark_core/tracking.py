@@ -2,6 +2,11 @@
 
 The tracking URI comes from MLFLOW_TRACKING_URI (credentials, if any, from the
 environment or Flyte secrets, never from config); the default is a local SQLite file.
+
+Secrets never reach MLflow: a param, tag or metric whose key looks like a secret
+(password, token, secret, api key, credential, ...) is refused with a ValueError that
+names the key, never the value; so is any value equal to a secret-named environment
+variable. Environment variables themselves are never logged.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 
 EXPERIMENT = "spark"
 DEFAULT_DB = "mlflow.db"
@@ -28,6 +34,37 @@ def _mlflow():
     return mlflow
 
 
+_SECRET_WORDS = {"password", "passwd", "passphrase", "secret", "secrets", "token", "credential", "credentials",
+                 "apikey", "privatekey", "accesskey"}
+_SECRET_PAIRS = {("api", "key"), ("private", "key"), ("access", "key"), ("auth", "key")}
+
+
+def _words(key: str) -> list[str]:
+    """"hf_token" -> [hf, token]; "openaiApiKey" -> [openai, api, key]; "max_new_tokens" keeps "tokens"."""
+    return [w.lower() for w in re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|[0-9]+", key)]
+
+
+def looks_secret(key: str) -> bool:
+    words = _words(key)
+    return bool(_SECRET_WORDS & set(words)) or any(p in _SECRET_PAIRS for p in zip(words, words[1:]))
+
+
+def _secret_env_values() -> set[str]:
+    return {v for k, v in os.environ.items() if looks_secret(k) and len(v) >= 8}
+
+
+def check_loggable(items: dict, what: str = "param") -> None:
+    """Raise ValueError (naming the key only) if anything in `items` looks like a secret."""
+    env_secrets = _secret_env_values()
+    for key, value in items.items():
+        if looks_secret(str(key)):
+            raise ValueError(f"refusing to log {what} {key!r}: its name looks like a secret "
+                             f"(password/token/secret/api key/credential); pass secrets through the environment "
+                             f"or Flyte secrets, not the config")
+        if isinstance(value, str) and value in env_secrets:
+            raise ValueError(f"refusing to log {what} {key!r}: its value is the value of a secret environment variable")
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in d.items():
@@ -40,10 +77,12 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
 
 
 def start_run(config: dict, run_name: str, tags: dict[str, str], experiment: str = EXPERIMENT) -> str:
+    params = flatten(config)
+    check_loggable(params, "param")
+    check_loggable(tags, "tag")
     mlflow = _mlflow()
     mlflow.set_experiment(experiment)
     with mlflow.start_run(run_name=run_name, tags=tags) as run:
-        params = flatten(config)
         items = list(params.items())
         for i in range(0, len(items), 100):  # MLflow caps params per batch
             mlflow.log_params(dict(items[i : i + 100]))
@@ -51,6 +90,7 @@ def start_run(config: dict, run_name: str, tags: dict[str, str], experiment: str
 
 
 def log_metrics(run_id: str, metrics: dict[str, float], step: int) -> None:
+    check_loggable(metrics, "metric")
     mlflow = _mlflow()
     clean = {k: float(v) for k, v in metrics.items()
              if isinstance(v, (int, float)) and math.isfinite(float(v))}

@@ -1,9 +1,17 @@
-"""The GRPO update: DeepSpeed on every rank of an Elastic (torchrun) job."""
+"""The GRPO update: DeepSpeed on every rank of an Elastic (torchrun) job.
+
+A retried update resumes: every SPARK_CHECKPOINT_EVERY optimizer steps (default 1) the
+engine state is published through Flyte's intra-task checkpoint, and the next attempt
+(or a worker restarted by the Elastic agent in the same pod) continues from the newest
+one instead of starting the pass over.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import tempfile
 from typing import NamedTuple, Optional
 
 from flytekit import Cache, task
@@ -14,7 +22,13 @@ from flytekitplugins.kfpytorch import Elastic
 from images import trainer_image
 from tasks.cache_versions import CACHE_VERSIONS
 from tasks.common import Checkpoint, cfg_of, rows_of, to_sd
-from tasks.resources import CLUSTER, UPDATE, UPDATE_ACCELERATOR
+from tasks.resources import CLUSTER, PRESET, UPDATE, UPDATE_ACCELERATOR
+
+CRASH_PHASE_ENV = "SPARK_FAULT_CRASH_UPDATE_PHASE"  # test hook: fail the update of this phase before training
+# A resume checkpoint of a 7B run is the whole ZeRO state (~100 GB): publish it twice a
+# pass there, every step on the tiny default.
+CHECKPOINT_EVERY = "1" if PRESET == "tiny-cpu" else "4"
+
 
 class UpdateOutput(NamedTuple):
     policy: Checkpoint
@@ -22,28 +36,63 @@ class UpdateOutput(NamedTuple):
     metrics: str
     steps: StructuredDataset
 
+
+def _node_dir(kind: str, phase: str, *inputs: str) -> str:
+    """A directory every rank on this node agrees on (each Elastic worker has its own
+    working directory, but the optimizer state must hold all ranks' shards)."""
+    from flytekit import current_context
+
+    ctx = current_context()
+    key = hashlib.sha256("|".join((str(ctx.raw_output_prefix), phase) + inputs).encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), kind, key)
+
+
+def step_checkpoints(phase: str, *inputs: str):
+    """Resume checkpoints of this update: a node-local directory shared by the ranks of
+    this attempt (and by workers the Elastic agent restarts), published with Flyte's
+    intra-task checkpoint so that the next attempt of the task can restore it."""
+    from flytekit import current_context
+
+    from spark_core.train.engine import StepCheckpoints
+
+    ctx = current_context()
+    local = _node_dir("spark-resume", phase, *inputs)
+    try:
+        cp = ctx.checkpoint
+    except NotImplementedError:  # a platform without intra-task checkpoints: in-pod restarts only
+        return StepCheckpoints(local)
+    return StepCheckpoints(local, restore=lambda d: cp.restore(d) is not None, publish=cp.save)
+
+
 def elastic_config(nnodes: int = 1, nproc_per_node: int = 1) -> Elastic:
     return Elastic(nnodes=nnodes, nproc_per_node=nproc_per_node, start_method="spawn", max_restarts=1,
                    increase_shared_mem=False,
                    rdzv_configs={"timeout": 1200, "join_timeout": 1200, "read_timeout": 600})
 
-@task(task_config=elastic_config(CLUSTER.update.nnodes, CLUSTER.update.nproc_per_node), cache=Cache(version=CACHE_VERSIONS["update"]), container_image=trainer_image,
+
+# SPARK_PRESET goes into the pod: the Elastic config (processes per node) is rebuilt
+# there when this module is imported.
+@task(task_config=elastic_config(CLUSTER.update.nnodes, CLUSTER.update.nproc_per_node),
+      cache=Cache(version=CACHE_VERSIONS["update"]), container_image=trainer_image,
       resources=UPDATE, accelerator=UPDATE_ACCELERATOR, shared_memory=True, retries=2,
-      environment={"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_TIMEOUT": "1800", "OMP_NUM_THREADS": "1"})
+      environment={"SPARK_PRESET": PRESET, "SPARK_CHECKPOINT_EVERY": CHECKPOINT_EVERY,
+                   "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_TIMEOUT": "1800", "OMP_NUM_THREADS": "1"})
 def update_policy(config_json: str, policy: Checkpoint, ref: Checkpoint, prompts: StructuredDataset,
                   scored: StructuredDataset, state: Optional[FlyteDirectory], phase: str) -> UpdateOutput:
-
     import torch
     from flytekit import current_context
 
     from spark_core import schemas
     from spark_core.train.engine import run_update
 
+    if os.environ.get(CRASH_PHASE_ENV) == phase:
+        raise RuntimeError(f"{CRASH_PHASE_ENV}={phase}: simulated failure of the {phase} update")
     cfg = cfg_of(config_json)
     rows = rows_of(scored, schemas.SCORED_ROLLOUTS)
     base = current_context().working_directory
     out_dir = os.path.join(base, "policy")
-    state_dir = os.path.join(base, "train_state")
+    inputs = (str(policy.path), str(state.path) if state is not None else "")
+    state_dir = _node_dir("spark-train-state", phase, *inputs)
     os.makedirs(state_dir, exist_ok=True)
     if not rows:  # nothing recycled this epoch: the policy carries over unchanged
         return UpdateOutput(policy, state or FlyteDirectory(state_dir), json.dumps({f"{phase}/steps": 0}),
@@ -51,7 +100,8 @@ def update_policy(config_json: str, policy: Checkpoint, ref: Checkpoint, prompts
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("WORLD_SIZE", "1")))))
     m = run_update(cfg=cfg, model_dir=policy.download(), ref_dir=ref.download(),
                    prompts=rows_of(prompts, schemas.PROMPTS), scored=rows, out_dir=out_dir,
-                   state_in=state.download() if state is not None else None, state_out=state_dir, phase=phase)
+                   state_in=state.download() if state is not None else None, state_out=state_dir, phase=phase,
+                   checkpoints=step_checkpoints(phase, *inputs))
     steps = m.pop("step_log")
     metrics = {f"{phase}/{k}": v for k, v in m.items() if isinstance(v, (int, float))}
     metrics[f"time/update_{phase}"] = m["seconds"]

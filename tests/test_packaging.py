@@ -261,9 +261,6 @@ def _elastic_in_pod(tmpl: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.xfail(strict=True, reason="tasks/update.py does not put SPARK_PRESET in the update task's "
-                                       "environment, so the pod imports the tiny-cpu Elastic config "
-                                       "(1 process); remove this marker once it does")
 def test_7b_update_pod_launches_8_processes(packages):
     assert _elastic_in_pod(template(packages["7b-8xh100"], UPDATE)) == {"nnodes": 1, "nproc_per_node": 8}
 

@@ -3,17 +3,27 @@
 Inputs are plain lists of artifact rows; outputs are a Hugging Face checkpoint (rank 0
 writes it), the DeepSpeed training state (optimizer moments and global step, so the
 next update continues the same optimizer and schedule), and per-step metrics.
+
+Resume: with `checkpoints` (StepCheckpoints), the engine saves its whole state every
+few optimizer steps and, when it starts, continues from the newest checkpoint of the
+same pass (same rollouts, same starting step) instead of redoing finished steps. The
+step plan depends only on the seed and the starting step, so skipping by step index
+gives the same result as an uninterrupted pass.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 import os
 import random
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -25,6 +35,11 @@ from spark_core.train.grpo import grpo_loss, group_advantages, lr_at
 
 STATE_FILE = "spark_trainer_state.json"
 FAULT_ENV = "SPARK_FAULT_NAN_STEPS"  # test hook: comma-separated global steps whose loss is forced to NaN
+CHECKPOINT_EVERY_ENV = "SPARK_CHECKPOINT_EVERY"  # optimizer steps between resume checkpoints (0 = none)
+CRASH_AFTER_STEP_ENV = "SPARK_FAULT_CRASH_AFTER_STEP"  # test hook: crash after this step of the pass (1-based)
+RESUME_FILE = "spark_resume.json"
+
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -37,6 +52,30 @@ class DistInfo:
     world: int
     local_rank: int
     device: str
+
+
+def _checkpoint_every() -> int:
+    return int(os.environ.get(CHECKPOINT_EVERY_ENV, "1") or "1")
+
+
+@dataclass
+class StepCheckpoints:
+    """Where and how often a pass saves resume checkpoints, and how they outlive the process.
+
+    local_dir: a directory with the same path on every rank of a node; the newest
+        checkpoint is kept under it (so a restart in the same pod resumes from it).
+    every: optimizer steps between checkpoints (env SPARK_CHECKPOINT_EVERY, default 1; 0 = off).
+    restore: fetch the last published checkpoint into the given (empty) directory;
+        True if there was one. Called on local rank 0 of each node before training.
+    publish: make a local file or directory durable (e.g. Flyte's intra-task checkpoint).
+        A directory's contents land at the top of the published tree, a file next to
+        them; calls are ordered, and the state file goes last, after its weights.
+    """
+
+    local_dir: str
+    every: int = field(default_factory=_checkpoint_every)
+    restore: Callable[[str], bool] | None = None
+    publish: Callable[[str], None] | None = None
 
 
 def init_distributed() -> DistInfo:
@@ -86,6 +125,103 @@ def _read_state(state_dir: str | None) -> dict:
     return {"global_step": 0}
 
 
+def _pass_key(phase: str, start_step: int, scored: list[dict], world: int, ppo_epochs: int) -> str:
+    """Identity of one update pass: a checkpoint is only resumed by the same pass."""
+    h = hashlib.sha256(json.dumps([phase, start_step, world, ppo_epochs]).encode())
+    for s in scored:
+        h.update(json.dumps([s["prompt_id"], list(s["response_token_ids"]), float(s["reward"])]).encode())
+    return h.hexdigest()[:32]
+
+
+def _slot_dir(root: str, tag: str) -> str | None:
+    """The DeepSpeed load_dir holding `tag`: published trees have it at the top, the live
+    local tree one level down (live/<slot>/<tag>)."""
+    for d in (root, os.path.join(root, tag.replace("slot-", ""))):
+        if os.path.isdir(os.path.join(d, tag)):
+            return d
+    return None
+
+
+def _read_resume(root: str, key: str) -> dict | None:
+    path = os.path.join(root, RESUME_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            st = json.load(f)
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable resume state %s: %s", path, e)
+        return None
+    if st.get("pass_key") != key:
+        log.info("resume state in %s belongs to another pass; not resuming from it", root)
+        return None
+    load_dir = _slot_dir(root, st.get("tag", ""))
+    if load_dir is None:
+        log.warning("resume state in %s names checkpoint %r, which is missing", root, st.get("tag"))
+        return None
+    return dict(st, load_dir=load_dir)
+
+
+def _find_resume(ck: StepCheckpoints, dist: DistInfo, key: str) -> dict | None:
+    """The newest checkpoint of this pass, from the last attempt (restore) or from an
+    earlier worker in this pod (local_dir/live); the same on every rank, or none."""
+    live, restored = os.path.join(ck.local_dir, "live"), os.path.join(ck.local_dir, "restored")
+    if dist.local_rank == 0:
+        os.makedirs(live, exist_ok=True)
+        if ck.restore is not None:
+            shutil.rmtree(restored, ignore_errors=True)
+            os.makedirs(restored)
+            try:
+                if not ck.restore(restored):
+                    shutil.rmtree(restored, ignore_errors=True)
+            except Exception as e:  # noqa: BLE001 - a lost checkpoint means starting over, not failing
+                log.warning("could not restore the previous checkpoint (%s); starting the pass from its beginning", e)
+                shutil.rmtree(restored, ignore_errors=True)
+    torch.distributed.barrier()
+    found = [st for st in (_read_resume(r, key) for r in (restored, live)) if st is not None]
+    best = max(found, key=lambda st: st["steps_done"]) if found else None
+    done = torch.tensor([best["steps_done"] if best else 0, -(best["steps_done"] if best else 0)])
+    torch.distributed.all_reduce(done, op=torch.distributed.ReduceOp.MIN)
+    if int(done[0]) != -int(done[1]):
+        log.warning("ranks found different resume checkpoints (steps %d..%d); starting the pass over",
+                    int(done[0]), -int(done[1]))
+        return None
+    return best
+
+
+def _save_resume(ck: StepCheckpoints, dist: DistInfo, engine, state: dict) -> None:
+    """Save the engine (all ranks) and the pass state; publish weights first, state last.
+
+    Checkpoints alternate between two slots, so the one the state file names is never
+    the one being overwritten."""
+    slot = "a" if (state["steps_done"] // max(1, ck.every)) % 2 else "b"
+    tag = f"slot-{slot}"
+    live = os.path.join(ck.local_dir, "live")
+    slot_root = os.path.join(live, slot)
+    if dist.local_rank == 0:
+        shutil.rmtree(slot_root, ignore_errors=True)
+        os.makedirs(slot_root)
+    torch.distributed.barrier()
+    engine.save_checkpoint(slot_root, tag=tag, save_latest=False,
+                           client_state={"spark_steps_done": state["steps_done"]})
+    rng = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state()
+    torch.save(rng, os.path.join(slot_root, tag, f"rng_rank{dist.rank}.pt"))
+    torch.distributed.barrier()
+    if dist.local_rank == 0 and ck.publish is not None:
+        ck.publish(slot_root)
+    torch.distributed.barrier()
+    if dist.local_rank == 0:
+        path = os.path.join(live, RESUME_FILE)
+        with open(path + ".tmp", "w") as f:
+            json.dump(dict(state, tag=tag), f)
+        os.replace(path + ".tmp", path)
+        if dist.rank == 0 and ck.publish is not None:
+            ck.publish(path)
+    torch.distributed.barrier()
+
+
 def _plan_steps(n: int, micro: int, ga: int, world: int) -> list[list[list[int]]]:
     """Sample indices for each (step, rank) as `ga` micro-batches; every rank gets the
     same number of micro-batches so collectives stay in lockstep."""
@@ -99,8 +235,12 @@ def _plan_steps(n: int, micro: int, ga: int, world: int) -> list[list[list[int]]
 
 
 def run_update(*, cfg: SparkConfig, model_dir: str, ref_dir: str, prompts: list[dict], scored: list[dict],
-               out_dir: str, state_in: str | None, state_out: str, phase: str) -> dict:
-    """One GRPO pass over `scored` (G rollouts per prompt). Returns rank 0's metrics."""
+               out_dir: str, state_in: str | None, state_out: str, phase: str,
+               checkpoints: StepCheckpoints | None = None) -> dict:
+    """One GRPO pass over `scored` (G rollouts per prompt). Returns rank 0's metrics.
+
+    With `checkpoints`, the pass saves resume checkpoints as it goes and continues from
+    the newest one of the same pass if there is one ("resumed_steps" in the metrics)."""
     import deepspeed
 
     dist = init_distributed()
@@ -118,12 +258,11 @@ def run_update(*, cfg: SparkConfig, model_dir: str, ref_dir: str, prompts: list[
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
                                       config=ds_cfg)
     state = _read_state(state_in)
-    if state_in and os.path.isdir(os.path.join(state_in, "ds")):
-        engine.load_checkpoint(os.path.join(state_in, "ds"), load_module_strict=True,
-                               load_optimizer_states=True, load_lr_scheduler_states=False)
     global_step = int(state.get("global_step", 0))
+    start_step = global_step
     total = total_optimizer_steps(cfg)
     fault_steps = {int(s) for s in os.environ.get(FAULT_ENV, "").split(",") if s.strip()}
+    crash_after = int(os.environ.get(CRASH_AFTER_STEP_ENV, "0") or "0")
 
     by_id = {p["prompt_id"]: p for p in prompts}
     missing = sorted({s["prompt_id"] for s in scored} - set(by_id))
@@ -131,14 +270,43 @@ def run_update(*, cfg: SparkConfig, model_dir: str, ref_dir: str, prompts: list[
         raise KeyError(f"rollouts refer to prompts not in the prompt artifact: {missing[:5]}")
     adv = group_advantages([s["prompt_id"] for s in scored], [float(s["reward"]) for s in scored])
     order = list(range(len(scored)))
-    random.Random(cfg.train.seed + global_step).shuffle(order)
+    random.Random(cfg.train.seed + start_step).shuffle(order)
 
-    ga = ds_cfg["gradient_accumulation_steps"]
     steps_log = []
     bad_run = 0
+    done = 0  # optimizer steps of this pass already taken by an earlier attempt
+    key = _pass_key(phase, start_step, scored, dist.world, cfg.train.ppo_epochs)
+    resume = _find_resume(checkpoints, dist, key) if checkpoints is not None else None
+    if resume is not None:
+        _, client = engine.load_checkpoint(resume["load_dir"], tag=resume["tag"], load_module_strict=True,
+                                           load_optimizer_states=True, load_lr_scheduler_states=False)
+        if (client or {}).get("spark_steps_done") != resume["steps_done"]:
+            raise RuntimeError(f"resume checkpoint {resume['load_dir']}/{resume['tag']} holds step "
+                               f"{(client or {}).get('spark_steps_done')}, its state file says {resume['steps_done']}")
+        rng = os.path.join(resume["load_dir"], resume["tag"], f"rng_rank{dist.rank}.pt")
+        if os.path.exists(rng):
+            rng = torch.load(rng, weights_only=True)
+            torch.set_rng_state(rng["cpu"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state(rng["cuda"])
+        done, global_step = int(resume["steps_done"]), int(resume["global_step"])
+        steps_log, bad_run = list(resume["steps_log"]), int(resume["bad_run"])
+        if dist.rank == 0:
+            log.warning("update[%s]: resuming after %d finished optimizer steps (global step %d)", phase, done,
+                        global_step)
+    elif state_in and os.path.isdir(os.path.join(state_in, "ds")):
+        engine.load_checkpoint(os.path.join(state_in, "ds"), load_module_strict=True,
+                               load_optimizer_states=True, load_lr_scheduler_states=False)
+
+    ga = ds_cfg["gradient_accumulation_steps"]
+    plan = _plan_steps(len(order), cfg.train.micro_batch_size, ga, dist.world)
+    n_pass = len(plan) * cfg.train.ppo_epochs
+    k = 0  # optimizer steps of this pass, 1-based once taken
     for _ in range(cfg.train.ppo_epochs):
-        plan = _plan_steps(len(order), cfg.train.micro_batch_size, ga, dist.world)
         for step_plan in tqdm(plan, desc=f"update[{phase}]", disable=dist.rank != 0):
+            k += 1
+            if k <= done:
+                continue  # finished before the restart
             lr = lr_at(global_step, total, cfg.train.lr, cfg.train.warmup_ratio, cfg.train.min_lr_ratio)
             stats_acc: list[dict] = []
             step_bad = False
@@ -195,6 +363,13 @@ def run_update(*, cfg: SparkConfig, model_dir: str, ref_dir: str, prompts: list[
                     f"(last at global step {global_step - 1}); stopping. The last good checkpoint is "
                     f"the input of this update: {model_dir}"
                 )
+            if checkpoints is not None and checkpoints.every > 0 and k % checkpoints.every == 0 and k < n_pass:
+                _save_resume(checkpoints, dist, engine, {
+                    "pass_key": key, "phase": phase, "steps_done": k, "global_step": global_step,
+                    "steps_log": steps_log, "bad_run": bad_run, "world": dist.world})
+            if crash_after and k == crash_after:
+                raise RuntimeError(f"{CRASH_AFTER_STEP_ENV}={crash_after}: simulated crash after step {k} "
+                                   f"of update[{phase}]")
 
     # ---- save: HF weights (rank 0) and the optimizer state (all ranks) ----
     if cfg.train.zero_stage == 3:
@@ -215,6 +390,13 @@ def run_update(*, cfg: SparkConfig, model_dir: str, ref_dir: str, prompts: list[
         with open(os.path.join(state_out, STATE_FILE), "w") as f:
             json.dump({"global_step": global_step, "total_steps": total}, f)
     torch.distributed.barrier()
+    if checkpoints is not None and dist.local_rank == 0:  # the pass is complete: its resume files are not needed
+        for sub in ("live", "restored"):
+            shutil.rmtree(os.path.join(checkpoints.local_dir, sub), ignore_errors=True)
+        try:
+            os.rmdir(checkpoints.local_dir)  # only if nothing else is in it
+        except OSError:
+            pass
     kept = [s for s in steps_log if not s["skipped"]]
     agg = lambda k: float(sum(s[k] for s in kept) / len(kept)) if kept else float("nan")  # noqa: E731
     return {
@@ -228,6 +410,7 @@ def run_update(*, cfg: SparkConfig, model_dir: str, ref_dir: str, prompts: list[
         "grad_norm": agg("grad_norm"),
         "lr": steps_log[-1]["lr"] if steps_log else 0.0,
         "global_step": global_step,
+        "resumed_steps": done,
         "seconds": time.time() - t0,
         "world_size": dist.world,
         "step_log": steps_log,
