@@ -246,7 +246,8 @@ def _resolve(type_name: str):
 # ---- presets -----------------------------------------------------------
 
 
-def _gpu_preset(name: str, *, gpus: int, nnodes: int, max_new_tokens: int, rollout_gpus: int) -> SparkConfig:
+def _gpu_preset(name: str, *, gpus: int, nnodes: int, max_new_tokens: int, rollout_gpus: int,
+                rollout_tp: int = 1) -> SparkConfig:
     """The paper's recipes: 64 prompts x 8 samples, lr 5e-7, ZeRO-3, bf16."""
     cfg = SparkConfig(preset=name, epochs=2)
     cfg.model = ModelConfig(path="", dtype="bfloat16", attn_implementation="flash_attention_2",
@@ -254,13 +255,15 @@ def _gpu_preset(name: str, *, gpus: int, nnodes: int, max_new_tokens: int, rollo
     cfg.data = DataConfig(train_path="", max_prompt_tokens=8192)
     cfg.bootstrap = BootstrapConfig(enabled=False)
     cfg.rollout = RolloutConfig(backend="vllm", prompts_per_epoch=64, n_samples=8, max_new_tokens=max_new_tokens,
-                                n_shards=rollout_gpus, gpu_memory_utilization=0.85)
+                                n_shards=rollout_gpus // rollout_tp, gpu_memory_utilization=0.85,
+                                tensor_parallel_size=rollout_tp)
     cfg.train = TrainConfig(lr=5e-7, micro_batch_size=8, train_batch_size=64, zero_stage=3, bf16=True,
                             gradient_checkpointing=True)
     cfg.eval = EvalConfig(max_new_tokens=2048)
     per_node = gpus // nnodes
     cfg.cluster = ClusterConfig(
-        rollout=StageResources(cpu="12", mem="200Gi", gpu=1, accelerator="nvidia-h100"),
+        rollout=StageResources(cpu=str(12 * rollout_tp), mem=f"{200 * rollout_tp}Gi", gpu=rollout_tp,
+                               accelerator="nvidia-h100"),
         update=StageResources(cpu="96", mem="1600Gi", gpu=per_node, accelerator="nvidia-h100",
                               nnodes=nnodes, nproc_per_node=per_node),
         light=StageResources(cpu="8", mem="32Gi"),
@@ -274,7 +277,8 @@ def preset(name: str = "tiny-cpu") -> SparkConfig:
     if name == "7b-8xh100":
         return _gpu_preset(name, gpus=8, nnodes=1, max_new_tokens=768, rollout_gpus=8)
     if name == "32b-16xh100":
-        return _gpu_preset(name, gpus=16, nnodes=2, max_new_tokens=1024, rollout_gpus=8)
+        # 32B bf16 weights (~65 GB) leave too little KV cache on one 80 GB GPU: TP 2
+        return _gpu_preset(name, gpus=16, nnodes=2, max_new_tokens=1024, rollout_gpus=8, rollout_tp=2)
     raise KeyError(f"unknown preset {name!r}; choose from {PRESETS}")
 
 

@@ -37,17 +37,18 @@ import sys
 
 # Version history: "2" everywhere is the first version with recorded fingerprints (every
 # stage's sources had changed since "1"). Note why when bumping, e.g. `"rollout": "3",  # 3: top-p fixed`.
+# 3 (all stages): config gained tensor-parallel rollouts for the 32b preset
 CACHE_VERSIONS = {
-    "data": "2",
-    "base_model": "2",
-    "bootstrap": "2",
-    "judge_eval_set": "2",
-    "select_prompts": "2",
-    "rollout": "2",
-    "reward": "2",
-    "recycle": "2",
-    "update": "3",  # 2: resumes from mid-pass checkpoints; 3: optimizer state shared by all ranks of a node
-    "evaluate": "2",
+    "data": "3",
+    "base_model": "3",
+    "bootstrap": "3",
+    "judge_eval_set": "3",
+    "select_prompts": "3",
+    "rollout": "3",
+    "reward": "3",
+    "recycle": "3",
+    "update": "4",  # 2: resumes from mid-pass checkpoints; 3: optimizer state shared by all ranks of a node
+    "evaluate": "3",
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

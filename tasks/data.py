@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import NamedTuple
 
 from flytekit import Cache, task
@@ -22,6 +23,27 @@ class PreparedData(NamedTuple):
     quarantine: StructuredDataset
 
 
+def fetch_local(path: str) -> str:
+    """A local copy of a data file or directory given as a bucket URI (s3://, gs://, ...).
+
+    A JSON/JSONL file whose rows name image files should be passed as its directory
+    (ending in "/", holding the file and the images); Parquet with embedded image
+    bytes can be passed as the file itself.
+    """
+    if "://" not in path or path.startswith("file://"):
+        return path.removeprefix("file://")
+    from flytekit.types.directory import FlyteDirectory
+    from flytekit.types.file import FlyteFile
+
+    if path.endswith("/"):
+        local = FlyteDirectory(path).download()
+        files = [f for f in sorted(os.listdir(local)) if f.endswith((".json", ".jsonl", ".parquet"))]
+        if len(files) != 1:
+            raise ValueError(f"{path} must hold exactly one .json/.jsonl/.parquet data file, found {files}")
+        return os.path.join(local, files[0])
+    return FlyteFile(path).download()
+
+
 @task(cache=Cache(version=CACHE_VERSIONS["data"]), container_image=light_image, resources=LIGHT)
 def prepare_data(config_json: str) -> PreparedData:
     from spark_core import schemas
@@ -35,7 +57,7 @@ def prepare_data(config_json: str) -> PreparedData:
     def load(path: str, synthetic_n: int, seed: int, prefix: str) -> list[dict]:
         if not path:
             return generate(synthetic_n, seed=seed, image_size=d.image_size, id_prefix=prefix)
-        rows, bad = load_rows(path, max_pixels=cfg.model.max_pixels)
+        rows, bad = load_rows(fetch_local(path), max_pixels=cfg.model.max_pixels)
         for b in bad:
             b["reason"] = f"[{path}] {b['reason']}"
         quarantine.extend(bad)

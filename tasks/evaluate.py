@@ -14,7 +14,8 @@ from tasks.common import Checkpoint, cfg_of, provenance, rows_of, to_sd
 from tasks.resources import ROLLOUT, ROLLOUT_ACCELERATOR
 
 
-@task(cache=Cache(version=CACHE_VERSIONS["judge_eval_set"]), container_image=rollout_image, resources=ROLLOUT)
+@task(cache=Cache(version=CACHE_VERSIONS["judge_eval_set"]), container_image=rollout_image, resources=ROLLOUT,
+      accelerator=ROLLOUT_ACCELERATOR)
 def judge_eval_set(config_json: str, policy: Checkpoint, eval_prompts: StructuredDataset) -> StructuredDataset:
     """Held-out judge prompts: recycled from the starting policy's rollouts on eval data,
     fixed for the run so judge accuracy is comparable across epochs."""

@@ -11,7 +11,7 @@ from flytekit.types.structured import StructuredDataset
 from images import light_image, trainer_image
 from tasks.cache_versions import CACHE_VERSIONS
 from tasks.common import Checkpoint, cfg_of, rows_of, workdir
-from tasks.resources import LIGHT, UPDATE, UPDATE_ACCELERATOR
+from tasks.resources import LIGHT, PRESET, UPDATE
 
 
 @task(cache=Cache(version=CACHE_VERSIONS["base_model"]), container_image=light_image, resources=LIGHT)
@@ -31,8 +31,10 @@ def base_model(config_json: str) -> Checkpoint:
     return FlyteDirectory(local)
 
 
-@task(cache=Cache(version=CACHE_VERSIONS["bootstrap"]), container_image=trainer_image, resources=UPDATE,
-      accelerator=UPDATE_ACCELERATOR)
+# The warm start only runs for the tiny default; GPU presets disable it and merely pass
+# the model through, so they get a light pod instead of a full training node.
+@task(cache=Cache(version=CACHE_VERSIONS["bootstrap"]), container_image=trainer_image,
+      resources=UPDATE if PRESET == "tiny-cpu" else LIGHT)
 def bootstrap(config_json: str, base: Checkpoint, train: StructuredDataset) -> tuple[Checkpoint, str]:
     """Short supervised warm start (tiny default); disabled presets pass the model through."""
     from spark_core import schemas

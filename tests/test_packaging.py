@@ -283,7 +283,7 @@ def test_32b_update_is_a_two_node_pytorch_job(packages):
     assert shared_memory(tmpl)["mountPath"] == "/dev/shm"
 
 
-def test_32b_rollouts_stay_on_one_gpu(packages):
+def test_32b_rollouts_use_two_gpus_for_tensor_parallel(packages):
     for name in (ROLLOUT, EVALUATE):
         req, lim = resources(template(packages["32b-16xh100"], name))
-        assert req["GPU"] == lim["GPU"] == "1"
+        assert req["GPU"] == lim["GPU"] == "2"
