@@ -47,7 +47,7 @@ CACHE_VERSIONS = {
     "rollout": "3",
     "reward": "3",
     "recycle": "3",
-    "update": "4",  # 2: resumes from mid-pass checkpoints; 3: optimizer state shared by all ranks of a node
+    "update": "5",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook
     "evaluate": "3",
 }
 

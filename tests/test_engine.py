@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import pytest
@@ -13,7 +14,7 @@ from spark_core.data import generate
 from spark_core.model.loading import load_model
 from spark_core.rollout.base import SamplingSpec
 from spark_core.rollout.hf import HFBackend
-from spark_core.train.engine import FAULT_ENV, STATE_FILE, TrainingDiverged, run_update
+from spark_core.train.engine import FAULT_ENV, GRAD_FAULT_ENV, STATE_FILE, TrainingDiverged, run_update
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +82,18 @@ def test_run_of_bad_steps_stops_with_clear_error(tiny_dir, rollouts, tmp_path, m
                    out_dir=str(tmp_path / "out"), state_in=None, state_out=str(tmp_path / "state"), phase="policy")
     assert tiny_dir in str(e.value)  # names the last good checkpoint
     assert not os.path.exists(tmp_path / "out" / "model.safetensors")
+
+
+def test_nan_gradient_step_is_skipped(tiny_dir, rollouts, tmp_path, monkeypatch):
+    """A finite loss whose gradient is NaN: the optimizer step is skipped, weights stay finite."""
+    rows, scored = rollouts
+    monkeypatch.setenv(GRAD_FAULT_ENV, "0")
+    cfg = _cfg()
+    cfg.train.train_batch_size = 16  # one optimizer step: the faulty one
+    m = run_update(cfg=cfg, model_dir=tiny_dir, ref_dir=tiny_dir, prompts=rows, scored=scored,
+                   out_dir=str(tmp_path / "out"), state_in=None, state_out=str(tmp_path / "state"), phase="policy")
+    assert m["step_log"][0]["skipped"] and not math.isfinite(m["step_log"][0]["grad_norm"])
+    before, after = load_model(tiny_dir, cfg.model), load_model(str(tmp_path / "out"), cfg.model)
+    for (name, p), q in zip(before.named_parameters(), after.parameters()):
+        assert torch.isfinite(q).all(), name
+        assert torch.equal(p, q), name

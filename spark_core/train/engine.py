@@ -35,6 +35,7 @@ from spark_core.train.grpo import grpo_loss, group_advantages, lr_at
 
 STATE_FILE = "spark_trainer_state.json"
 FAULT_ENV = "SPARK_FAULT_NAN_STEPS"  # test hook: comma-separated global steps whose loss is forced to NaN
+GRAD_FAULT_ENV = "SPARK_FAULT_NAN_GRAD_STEPS"  # test hook: steps whose loss is finite but whose gradient is NaN
 CHECKPOINT_EVERY_ENV = "SPARK_CHECKPOINT_EVERY"  # optimizer steps between resume checkpoints (0 = none)
 CRASH_AFTER_STEP_ENV = "SPARK_FAULT_CRASH_AFTER_STEP"  # test hook: crash after this step of the pass (1-based)
 RESUME_FILE = "spark_resume.json"
@@ -262,6 +263,7 @@ def run_update(*, cfg: SparkConfig, model_dir: str, ref_dir: str, prompts: list[
     start_step = global_step
     total = total_optimizer_steps(cfg)
     fault_steps = {int(s) for s in os.environ.get(FAULT_ENV, "").split(",") if s.strip()}
+    grad_fault_steps = {int(s) for s in os.environ.get(GRAD_FAULT_ENV, "").split(",") if s.strip()}
     crash_after = int(os.environ.get(CRASH_AFTER_STEP_ENV, "0") or "0")
 
     by_id = {p["prompt_id"]: p for p in prompts}
@@ -333,6 +335,9 @@ def run_update(*, cfg: SparkConfig, model_dir: str, ref_dir: str, prompts: list[
                                      cfg.train.kl_coef)
                 if global_step in fault_steps:
                     loss = loss * float("nan")
+                if global_step in grad_fault_steps:  # sqrt'(0) is inf, times 0 is NaN: value 0, gradient NaN
+                    first = next(p for p in engine.module.parameters() if p.requires_grad)
+                    loss = loss + torch.sqrt(first.sum() * 0.0)
                 finite = torch.tensor([1.0 if torch.isfinite(loss) else 0.0])
                 torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
                 if finite.item() < 1.0:
@@ -350,7 +355,7 @@ def run_update(*, cfg: SparkConfig, model_dir: str, ref_dir: str, prompts: list[
             grad_norm = engine.get_global_grad_norm()
             grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
             if not step_bad and not math.isfinite(grad_norm):
-                step_bad = True  # weights already moved by a non-finite gradient: clipped, but report it
+                step_bad = True  # ZeRO's optimizer found non-finite gradients and skipped the update
             bad_run = bad_run + 1 if step_bad else 0
             mean = lambda k: float(sum(s[k] for s in stats_acc) / max(1, len(stats_acc)))  # noqa: E731
             steps_log.append({"step": global_step, "phase": phase, "loss": mean("loss"), "pg_loss": mean("pg_loss"),
