@@ -42,7 +42,7 @@ CACHE_VERSIONS = {
     "data": "3",
     "base_model": "3",
     "bootstrap": "3",
-    "judge_eval_set": "3",
+    "judge_eval_set": "4",  # 4: balanced held-out judge set
     "select_prompts": "3",
     "rollout": "3",
     "reward": "3",

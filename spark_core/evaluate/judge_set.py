@@ -1,46 +1,71 @@
-"""A fixed, held-out set of judge prompts for measuring the model as a judge.
+"""A fixed, held-out, balanced set of judge prompts for measuring the model as a judge.
 
-Judge prompts are recycled from the starting policy's own rollouts on eval problems,
-as in training. Problems whose rollouts give nothing to judge (no extracted answer,
-typical of a weak starting model) get a judge prompt on a made-up candidate instead
-(the true answer or a nearby wrong one), so every eval problem contributes one.
+For every eval problem: one pointwise prompt on the true answer, one pointwise prompt
+on a wrong answer, and one pairwise prompt (true vs wrong, random order). Wrong
+answers are the starting policy's own wrong rollouts where it produced any (the
+mistakes a judge meets in training), else a nearby wrong number. The labels are
+balanced (Yes/No, A/B), so a judge that always gives one verdict scores 50%, not the
+share of wrong rollouts.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
 
+from spark_core import schemas
 from spark_core.config import SparkConfig
-from spark_core.recycle import recycle
-from spark_core.recycle.build import judge_sample_for_bootstrap, stable_seed
+from spark_core.recycle.build import stable_seed
+from spark_core.recycle.templates import PAIRWISE, POINTWISE
 from spark_core.reward import score_batch
 from spark_core.rollout.base import SamplingSpec
 from spark_core.rollout.hf import HFBackend
 
-JUDGE_EVAL_SAMPLES = 4  # rollouts per eval prompt used to make judge prompts
+JUDGE_EVAL_SAMPLES = 4  # rollouts per eval problem used to find realistic wrong answers
+
+
+def _near_miss(truth: str, rng: random.Random) -> str:
+    try:
+        return str(int(truth) + rng.choice([-3, -2, -1, 1, 2, 3]))
+    except ValueError:
+        return truth + "0"
+
+
+def balanced_judge_prompts(rows: list[dict], wrong_answers: dict[str, list[str]], seed: int) -> list[dict]:
+    rng = random.Random(stable_seed("judge-eval", seed))
+    out = []
+    for r in rows:
+        truth = str(r["answer"]).strip()
+        pool = [w for w in wrong_answers.get(r["prompt_id"], []) if w and w.strip() != truth]
+        wrong, origin = (rng.choice(pool), "rollout") if pool else (_near_miss(truth, rng), "synthetic")
+        q = r.get("question") or ""
+
+        def row(kind: str, tid: str, text: str, label: str, n: int) -> dict:
+            return {"prompt_id": f"{r['prompt_id']}/judge-eval-{n}", "kind": kind,
+                    "message": schemas.message_json(text, has_image=r.get("image") is not None),
+                    "question": text, "answer": label, "image": r.get("image"), "source": r.get("source") or "",
+                    "template_id": tid, "source_prompt_id": r["prompt_id"], "source_rollout_id": origin}
+
+        t = rng.choice(POINTWISE)
+        out.append(row(schemas.KIND_POINTWISE, t.id, t.fill(question=q, answer=truth), t.correct_label, 0))
+        t = rng.choice(POINTWISE)
+        out.append(row(schemas.KIND_POINTWISE, t.id, t.fill(question=q, answer=wrong), t.wrong_label, 1))
+        t = rng.choice(PAIRWISE)
+        a, b, label = (truth, wrong, "A") if rng.random() < 0.5 else (wrong, truth, "B")
+        out.append(row(schemas.KIND_PAIRWISE, t.id, t.fill(question=q, answer_a=a, answer_b=b), label, 2))
+    return out
 
 
 def build_judge_eval_set(cfg: SparkConfig, model_dir: str, eval_rows: list[dict]) -> list[dict]:
-    backend = HFBackend(model_dir, cfg.model)
     rows = eval_rows[: cfg.eval.judge_samples]
+    backend = HFBackend(model_dir, cfg.model)
     spec = SamplingSpec(n=JUDGE_EVAL_SAMPLES, temperature=1.0, max_new_tokens=cfg.rollout.max_new_tokens,
                         seed=cfg.seed + 7)
     samples = backend.generate(rows, spec, desc="judge-set:rollout")
     answers = {r["prompt_id"]: r["answer"] for r in rows}
     scores = score_batch([s.response for s in samples], [answers[s.prompt_id] for s in samples],
                          timeout_s=cfg.reward.timeout_s)
-    scored = [{"prompt_id": s.prompt_id, "rollout_id": f"{s.prompt_id}#judge-eval.{s.sample_index}",
-               "sample_index": s.sample_index, "response": s.response, "reward": sc["reward"],
-               "extracted": sc["extracted"], "verify_status": sc["status"]} for s, sc in zip(samples, scores)]
-    # judge data only, one per prompt, however the run's arm recycles
-    rc = dataclasses.replace(cfg.recycle, arm="policy_reward", seed=cfg.recycle.seed + 991)
-    judged = recycle(rows, scored, rc, batch_size=len(rows), epoch=0)
-    covered = {r["source_prompt_id"] for r in judged}
-    rng = random.Random(stable_seed("judge-eval-topup", cfg.seed))
-    for r in rows:
-        if r["prompt_id"] not in covered:
-            sample, _ = judge_sample_for_bootstrap(r, rng)
-            judged.append(dict(sample, prompt_id=f"{r['prompt_id']}/judge-eval-synthetic",
-                               source_rollout_id="synthetic-candidate"))
-    return judged
+    wrong: dict[str, list[str]] = {}
+    for s, sc in zip(samples, scores):
+        if sc["reward"] < 0.5 and sc["status"] == "wrong" and sc["extracted"]:
+            wrong.setdefault(s.prompt_id, []).append(sc["extracted"].strip())
+    return balanced_judge_prompts(rows, wrong, cfg.seed)
