@@ -42,13 +42,13 @@ CACHE_VERSIONS = {
     "data": "3",
     "base_model": "3",
     "bootstrap": "3",
-    "judge_eval_set": "4",  # 4: balanced held-out judge set
+    "judge_eval_set": "5",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck
     "select_prompts": "3",
     "rollout": "3",
     "reward": "3",
     "recycle": "3",
     "update": "5",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook
-    "evaluate": "3",
+    "evaluate": "4",  # 4: a Deck with this epoch's per-benchmark table
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +85,7 @@ STAGE_SOURCES: dict[str, list[str]] = {
                                  "spark_core/evaluate/judge_set.py", "spark_core/recycle/*.py",
                                  "spark_core/reward/*.py"] + _ROLLOUT,
     "evaluate": _COMMON + ["tasks/evaluate.py", "spark_core/evaluate/__init__.py", "spark_core/evaluate/core.py",
-                           "spark_core/reward/*.py"] + _ROLLOUT,
+                           "spark_core/evaluate/report.py", "spark_core/reward/*.py"] + _ROLLOUT,
     "rollout": _COMMON + ["tasks/rollout.py"] + _ROLLOUT,
     "reward": _COMMON + ["tasks/reward.py", "spark_core/reward/*.py"],
     "recycle": _COMMON + ["tasks/recycle.py", "spark_core/recycle/*.py"],

@@ -44,5 +44,11 @@ def evaluate_policy(config_json: str, policy: Checkpoint, eval_prompts: Structur
                            cfg.reward.timeout_s, desc="eval:judge")
     metrics = {f"eval/{k}": v for k, v in summarize(solve, judge).items()}
     metrics["time/evaluate"] = time.time() - t0
+    from flytekit import Deck
+
+    from spark_core.evaluate.report import deck_html
+
+    per_benchmark = {k.split("eval/accuracy/", 1)[1]: v for k, v in metrics.items() if k.startswith("eval/accuracy/")}
+    Deck(f"Evaluation, epoch {epoch}", deck_html([metrics], per_benchmark))
     out = to_sd(solve + judge, schemas.EVAL_RESULTS, provenance(cfg, "evaluate", ("eval",), epoch=str(epoch)))
     return out, json.dumps(metrics)
