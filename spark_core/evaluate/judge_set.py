@@ -14,7 +14,7 @@ import random
 
 from spark_core import schemas
 from spark_core.config import SparkConfig
-from spark_core.recycle.build import stable_seed
+from spark_core.recycle.build import near_miss, stable_seed
 from spark_core.recycle.templates import PAIRWISE, POINTWISE
 from spark_core.reward import score_batch
 from spark_core.rollout.base import SamplingSpec
@@ -23,20 +23,13 @@ from spark_core.rollout.hf import HFBackend
 JUDGE_EVAL_SAMPLES = 4  # rollouts per eval problem used to find realistic wrong answers
 
 
-def _near_miss(truth: str, rng: random.Random) -> str:
-    try:
-        return str(int(truth) + rng.choice([-3, -2, -1, 1, 2, 3]))
-    except ValueError:
-        return truth + "0"
-
-
 def balanced_judge_prompts(rows: list[dict], wrong_answers: dict[str, list[str]], seed: int) -> list[dict]:
     rng = random.Random(stable_seed("judge-eval", seed))
     out = []
     for r in rows:
         truth = str(r["answer"]).strip()
         pool = [w for w in wrong_answers.get(r["prompt_id"], []) if w and w.strip() != truth]
-        wrong, origin = (rng.choice(pool), "rollout") if pool else (_near_miss(truth, rng), "synthetic")
+        wrong, origin = (rng.choice(pool), "rollout") if pool else (near_miss(truth, rng), "synthetic")
         q = r.get("question") or ""
 
         def row(kind: str, tid: str, text: str, label: str, n: int) -> dict:

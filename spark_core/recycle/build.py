@@ -220,6 +220,14 @@ def recycle(
     return _take(rng, judge, n_judge) + _take(rng, reflect, n_reflect)
 
 
+def near_miss(truth: str, rng: random.Random) -> str:
+    """A plausible wrong answer: a nearby integer (or the truth with a digit appended)."""
+    try:
+        return str(int(truth) + rng.choice([-3, -2, -1, 1, 2, 3]))
+    except ValueError:
+        return truth + "0"
+
+
 def judge_sample_for_bootstrap(p: dict, rng: random.Random) -> tuple[dict, str]:
     """A judge prompt on a made-up candidate answer, with its correct verdict.
 
@@ -228,10 +236,7 @@ def judge_sample_for_bootstrap(p: dict, rng: random.Random) -> tuple[dict, str]:
     """
     q = _question_text(p, ANSWER_SUFFIX)
     truth = str(p["answer"]).strip()
-    try:
-        wrong = str(int(truth) + rng.choice([-3, -2, -1, 1, 2, 3]))
-    except ValueError:
-        wrong = truth + "0"
+    wrong = near_miss(truth, rng)
     b = _Builder(epoch=-1)
     right_r = {"rollout_id": "boot-right", "extracted": truth, "reward": 1.0}
     wrong_r = {"rollout_id": "boot-wrong", "extracted": wrong, "reward": 0.0}
