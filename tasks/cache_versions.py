@@ -40,15 +40,15 @@ import sys
 # 3 (all stages): config gained tensor-parallel rollouts for the 32b preset
 CACHE_VERSIONS = {
     "data": "3",
-    "base_model": "3",
-    "bootstrap": "4",
-    "judge_eval_set": "6",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck
+    "base_model": "4",  # 4: vision ids in responses (log-prob pass)
+    "bootstrap": "5",  # 5: vision ids in responses (log-prob pass)
+    "judge_eval_set": "7",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: explicit sampling knobs
     "select_prompts": "3",
-    "rollout": "3",
+    "rollout": "4",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
     "reward": "3",
     "recycle": "4",
-    "update": "5",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook
-    "evaluate": "4",  # 4: a Deck with this epoch's per-benchmark table
+    "update": "6",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: vision ids in responses
+    "evaluate": "5",  # 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -18,7 +18,8 @@ from spark_core.data import generate
 from spark_core.model.loading import load_processor, pixel_limits
 from spark_core.model.prompting import decode_image, render_prompt
 from spark_core.model.tokenizer import SPECIAL_IDS
-from spark_core.rollout.base import SamplingSpec
+from spark_core.rollout.base import NEVER_SAMPLE_IDS, NEVER_SAMPLE_TOKENS, SamplingSpec, sampling_knobs
+from spark_core.rollout.hf import generation_config
 from spark_core.rollout.vllm_backend import (
     IM_END_ID,
     STOP_IDS,
@@ -101,6 +102,42 @@ def test_sampling_kwargs_greedy():
     assert kw["temperature"] == 0.0 and kw["top_p"] == 1.0 and kw["top_k"] == 0
 
 
+# every SamplingParams field that changes which token is drawn (vLLM 0.32), all named
+SAMPLING_KNOBS = {"n", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+                  "frequency_penalty", "max_tokens", "min_tokens", "seed", "stop", "stop_token_ids", "ignore_eos",
+                  "bad_words", "logit_bias", "allowed_token_ids"}
+
+
+@pytest.mark.parametrize("spec", [SamplingSpec(n=8, temperature=1.0, max_new_tokens=16, seed=1),
+                                  SamplingSpec(n=4, temperature=0.7, top_p=0.9, max_new_tokens=9),
+                                  SamplingSpec(n=1, temperature=0.0, max_new_tokens=5)])
+def test_sampling_kwargs_name_every_knob_like_the_hf_backend(spec):
+    kw = sampling_kwargs(spec)
+    assert SAMPLING_KNOBS <= set(kw)
+    g = generation_config(spec)  # the hf backend's full config for the same spec
+    k = sampling_knobs(spec)
+    assert kw["max_tokens"] == g.max_new_tokens and kw["min_tokens"] == g.min_new_tokens == 0
+    assert kw["repetition_penalty"] == g.repetition_penalty == 1.0
+    assert kw["presence_penalty"] == kw["frequency_penalty"] == 0.0 and kw["min_p"] == 0.0
+    assert kw["stop_token_ids"] == g.eos_token_id and kw["stop"] == [] and kw["ignore_eos"] is False
+    assert kw["logit_bias"] is None and kw["allowed_token_ids"] is None
+    if spec.greedy:
+        assert kw["temperature"] == 0.0 and g.do_sample is False
+    else:
+        assert (kw["temperature"], kw["top_p"], kw["top_k"]) == (g.temperature, g.top_p, g.top_k) \
+            == (k["temperature"], k["top_p"], 0)
+    assert kw["bad_words"] == list(NEVER_SAMPLE_TOKENS)
+
+
+def test_bad_words_are_the_suppressed_ids(processor):
+    # vLLM tokenises each bad word without special tokens added; a single id is masked to -inf
+    tok = processor.tokenizer
+    ids = [tok.encode(w, add_special_tokens=False) for w in sampling_kwargs(SamplingSpec())["bad_words"]]
+    assert ids == [[i] for i in NEVER_SAMPLE_IDS]
+    assert generation_config(SamplingSpec()).suppress_tokens == list(NEVER_SAMPLE_IDS)
+    assert IMAGE_PAD in NEVER_SAMPLE_TOKENS and "<|video_pad|>" in NEVER_SAMPLE_TOKENS
+
+
 @pytest.mark.skipif(not HAS_VLLM, reason="vllm not installed")
 def test_sampling_kwargs_accepted_by_vllm():
     from vllm import SamplingParams
@@ -123,8 +160,9 @@ def test_engine_kwargs(tiny_dir, processor):
     cfg = ModelConfig()
     kw = engine_kwargs(tiny_dir, cfg, 2, 0.7, seed=5, processor=processor)
     lo, hi = pixel_limits(load_processor(tiny_dir, cfg).image_processor)
-    assert kw["mm_processor_kwargs"] == {"min_pixels": lo, "max_pixels": hi}
+    assert kw["mm_processor_kwargs"] == {"min_pixels": lo, "max_pixels": hi, "use_fast": False}
     assert (lo, hi) == (cfg.min_pixels, cfg.max_pixels)
+    assert kw["generation_config"] == "vllm"  # the checkpoint's generation_config.json is not read
     assert kw["model"] == tiny_dir and kw["tokenizer"] == tiny_dir
     assert kw["trust_remote_code"] is False
     assert kw["dtype"] == cfg.dtype
@@ -140,9 +178,27 @@ def test_engine_kwargs_follow_configured_pixel_limits(tiny_dir):
     cfg = ModelConfig(min_pixels=8 * 28 * 28, max_pixels=32 * 28 * 28, trust_remote_code=True, dtype="bfloat16")
     kw = engine_kwargs(tiny_dir, cfg, 1, 0.5)  # loads the processor itself
     lo, hi = pixel_limits(load_processor(tiny_dir, cfg).image_processor)
-    assert kw["mm_processor_kwargs"] == {"min_pixels": lo, "max_pixels": hi} == {
-        "min_pixels": 8 * 28 * 28, "max_pixels": 32 * 28 * 28}
+    assert kw["mm_processor_kwargs"] == {"min_pixels": lo, "max_pixels": hi, "use_fast": False} == {
+        "min_pixels": 8 * 28 * 28, "max_pixels": 32 * 28 * 28, "use_fast": False}
     assert kw["trust_remote_code"] is True and kw["dtype"] == "bfloat16"
+
+
+def test_engine_image_processor_matches_the_trainers(tiny_dir, processor, rows):
+    # vLLM builds the checkpoint's processor with `mm_processor_kwargs` (use_fast defaults to
+    # True there); built the same way here, it must be the trainer's class and give its pixels
+    import torch
+    from transformers import AutoImageProcessor
+
+    cfg = ModelConfig(min_pixels=8 * 28 * 28, max_pixels=24 * 28 * 28)
+    trainer = load_processor(tiny_dir, cfg).image_processor
+    kw = engine_kwargs(tiny_dir, cfg, processor=load_processor(tiny_dir, cfg))["mm_processor_kwargs"]
+    engine = AutoImageProcessor.from_pretrained(tiny_dir, **kw)
+    assert type(engine) is type(trainer)
+    images = [decode_image(r) for r in rows] + [Image.new("RGB", (300, 90), (10, 200, 30))]
+    a, b = engine(images=images, return_tensors="pt"), trainer(images=images, return_tensors="pt")
+    assert torch.equal(a["image_grid_thw"], b["image_grid_thw"])
+    assert torch.equal(a["pixel_values"], b["pixel_values"])
+    assert a["image_grid_thw"][-1].prod() * 28 * 28 // 4 <= 24 * 28 * 28  # the limit is applied
 
 
 @pytest.mark.skipif(not HAS_VLLM, reason="vllm not installed")

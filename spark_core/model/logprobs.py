@@ -26,9 +26,26 @@ class SequenceBatch:
     pixel_values: torch.Tensor | None
     image_grid_thw: torch.Tensor | None
 
-    def model_inputs(self) -> dict:
-        mm = (self.input_ids == IMAGE_TOKEN_ID).int() + 2 * (self.input_ids == VIDEO_TOKEN_ID).int()
+    def model_inputs(self, embed_tokens=None) -> dict:
+        """Keyword arguments for the Qwen2.5-VL forward.
+
+        Vision placeholder ids count as image/video slots only at prompt positions. A
+        response that holds one (sampled by a backend that did not forbid it) keeps its
+        token as text: the model is given the token's own embedding (`embed_tokens`, the
+        input embedding module) and, in `input_ids`, a pad id in its place, so the model
+        neither looks for image features for it nor miscounts the prompt's image tokens.
+        Without `embed_tokens` such a position is embedded as the pad token.
+        """
+        prompt = self.response_mask == 0
+        is_image = (self.input_ids == IMAGE_TOKEN_ID) & prompt
+        is_video = (self.input_ids == VIDEO_TOKEN_ID) & prompt
+        mm = is_image.int() + 2 * is_video.int()
         d = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "mm_token_type_ids": mm}
+        stray = ((self.input_ids == IMAGE_TOKEN_ID) | (self.input_ids == VIDEO_TOKEN_ID)) & ~prompt
+        if bool(stray.any()):
+            if embed_tokens is not None:
+                d["inputs_embeds"] = embed_tokens(self.input_ids)
+            d["input_ids"] = self.input_ids.masked_fill(stray, PAD_ID)
         if self.pixel_values is not None:
             d["pixel_values"] = self.pixel_values
             d["image_grid_thw"] = self.image_grid_thw
@@ -65,7 +82,7 @@ def build_batch(processor, prompt_rows: list[dict], prompt_ids: list[list[int]],
         out = processor.image_processor(images=images, return_tensors="pt")
         pixel_values, grid = out["pixel_values"], out["image_grid_thw"]
         expected = int(grid.prod(-1).sum() // (processor.image_processor.merge_size**2))
-        found = int((input_ids == IMAGE_TOKEN_ID).sum())
+        found = int(((input_ids == IMAGE_TOKEN_ID) & (resp == 0)).sum())  # prompt positions only
         if expected != found:
             raise ValueError(
                 f"prompt token ids hold {found} image tokens but the images need {expected}: "
@@ -80,7 +97,7 @@ def response_logprobs(model, batch: SequenceBatch, temperature: float = 1.0) -> 
     Position t's token is predicted from the hidden state at t-1.
     """
     inner = model.model
-    hidden = inner(**batch.model_inputs(), use_cache=False).last_hidden_state  # [B, L, H]
+    hidden = inner(**batch.model_inputs(inner.get_input_embeddings()), use_cache=False).last_hidden_state  # [B, L, H]
     target_mask = batch.response_mask[:, 1:].bool()  # tokens t >= 1 that are response tokens
     h = hidden[:, :-1][target_mask]  # [N, H]
     targets = batch.input_ids[:, 1:][target_mask]  # [N]

@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from spark_core.model.tokenizer import SPECIAL_IDS
+
+# Vision placeholders and delimiters: they only belong where the processor puts them in a
+# prompt. A sampled one would be read as an image slot by the log-prob pass, so neither
+# backend may ever sample them (their probability is set to zero before sampling).
+NEVER_SAMPLE_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+NEVER_SAMPLE_IDS = tuple(SPECIAL_IDS[t] for t in NEVER_SAMPLE_TOKENS)
 
 
 @dataclass
@@ -17,6 +25,31 @@ class SamplingSpec:
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0.0
+
+
+def sampling_knobs(spec: SamplingSpec) -> dict[str, Any]:
+    """Every knob that shapes the sampling distribution, set explicitly.
+
+    Both backends are built from this one dict, and nothing is taken from a checkpoint's
+    `generation_config.json` (Qwen2.5-VL-Instruct ships repetition_penalty=1.05, top_k=1,
+    top_p=0.001): an inherited knob would make rollouts off-policy for the trainer, which
+    scores responses with the plain temperature-scaled softmax, and would make the two
+    backends disagree. Greedy decoding ignores temperature, top-p and top-k.
+    """
+    greedy = spec.greedy
+    return {
+        "greedy": greedy,
+        "temperature": 1.0 if greedy else float(spec.temperature),
+        "top_p": 1.0 if greedy else float(spec.top_p),
+        "top_k": 0,  # off
+        "min_p": 0.0,  # off
+        "repetition_penalty": 1.0,  # off
+        "presence_penalty": 0.0,  # off (vLLM only; transformers has no such knob)
+        "frequency_penalty": 0.0,  # off (vLLM only)
+        "max_new_tokens": int(spec.max_new_tokens),
+        "min_new_tokens": 0,
+        "never_sample_ids": list(NEVER_SAMPLE_IDS),
+    }
 
 
 @dataclass

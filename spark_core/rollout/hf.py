@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from tqdm.auto import tqdm
 
@@ -10,9 +12,48 @@ from spark_core.model.loading import load_model, load_processor
 from spark_core.model.logprobs import build_batch, gather_response, response_logprobs
 from spark_core.model.prompting import processor_inputs
 from spark_core.model.tokenizer import SPECIAL_IDS
-from spark_core.rollout.base import Sample, SamplingSpec
+from spark_core.rollout.base import Sample, SamplingSpec, sampling_knobs
 
 STOP_IDS = (SPECIAL_IDS["<|im_end|>"], SPECIAL_IDS["<|endoftext|>"])
+
+
+def generation_config(spec: SamplingSpec):
+    """A complete transformers GenerationConfig for `spec`: every knob set, none inherited.
+
+    transformers fills each knob left unset (None) from the model's own generation_config,
+    so every knob that could change the distribution is given a value here.
+    """
+    from transformers import GenerationConfig
+
+    k = sampling_knobs(spec)
+    # start from transformers' own neutral value of every knob, then set ours
+    defaults = getattr(GenerationConfig, "_get_default_generation_params", dict)
+    values = dict(defaults())
+    values.update(
+        max_new_tokens=k["max_new_tokens"], min_new_tokens=k["min_new_tokens"], do_sample=not k["greedy"],
+        temperature=k["temperature"], top_p=k["top_p"], min_p=None,  # None = off in transformers
+        top_k=None if k["greedy"] else k["top_k"],  # greedy takes the argmax; top-k is unused (and warned about)
+        typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=k["repetition_penalty"],
+        no_repeat_ngram_size=0, bad_words_ids=None, suppress_tokens=k["never_sample_ids"], begin_suppress_tokens=None,
+        num_beams=1, num_return_sequences=spec.n, eos_token_id=list(STOP_IDS), pad_token_id=STOP_IDS[1],
+        forced_bos_token_id=None, forced_eos_token_id=None, renormalize_logits=False, guidance_scale=None,
+        sequence_bias=None, watermarking_config=None, output_scores=False, return_dict_in_generate=False,
+    )
+    return GenerationConfig(**values)
+
+
+@contextlib.contextmanager
+def _no_checkpoint_generation_defaults(model):
+    """Hide the checkpoint's generation_config while generating, so none of its values
+    (repetition_penalty, top_k, ...) can fill a knob; restored afterwards."""
+    from transformers import GenerationConfig
+
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
 
 
 class HFBackend:
@@ -38,13 +79,8 @@ class HFBackend:
         tok = self.processor.tokenizer
         tok.padding_side = "left"
         inputs = processor_inputs(self.processor, rows).to(self.device)
-        gen_kwargs = dict(max_new_tokens=spec.max_new_tokens, num_return_sequences=spec.n,
-                          eos_token_id=list(STOP_IDS), pad_token_id=STOP_IDS[1])
-        if spec.greedy:
-            gen_kwargs.update(do_sample=False)
-        else:
-            gen_kwargs.update(do_sample=True, temperature=spec.temperature, top_p=spec.top_p, top_k=0)
-        out = self.model.generate(**inputs, **gen_kwargs)
+        with _no_checkpoint_generation_defaults(self.model):
+            out = self.model.generate(**inputs, generation_config=generation_config(spec))
         P = inputs["input_ids"].shape[1]
         prompt_ids, response_ids, finish = [], [], []
         for j in range(out.shape[0]):

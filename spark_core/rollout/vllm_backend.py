@@ -6,8 +6,13 @@ arguments, conversion of outputs to Samples) lives in plain functions.
 
 Consistency with the trainer and the hf backend:
 - prompts are rendered by the same `render_prompt` and chat template;
-- vLLM's image processor gets the same min/max pixel limits as the trainer's
-  processor, so a prompt expands to the same number of vision tokens;
+- vLLM's image processor gets the same min/max pixel limits and the same (PIL, "slow")
+  image-processor backend as the trainer's processor, so a prompt expands to the same
+  vision tokens with the same pixel values (vLLM asks for the torchvision "fast"
+  processor by default, whose resizing differs);
+- every sampling knob is set explicitly from the same `sampling_knobs` as the hf
+  backend, and the engine ignores the checkpoint's generation_config.json;
+- vision placeholder tokens are never sampled (`bad_words`);
 - log-probs are vLLM's raw (temperature 1, before top-p) log-probs, which is what
   the trainer recomputes;
 - the stop token stays at the end of the response, as in the hf backend.
@@ -23,7 +28,7 @@ from spark_core.config import ModelConfig
 from spark_core.model.loading import load_processor, pixel_limits
 from spark_core.model.prompting import decode_image, render_prompt
 from spark_core.model.tokenizer import SPECIAL_IDS
-from spark_core.rollout.base import Sample, SamplingSpec
+from spark_core.rollout.base import NEVER_SAMPLE_TOKENS, Sample, SamplingSpec, sampling_knobs
 
 IM_END_ID = SPECIAL_IDS["<|im_end|>"]  # 151645, the chat turn terminator
 ENDOFTEXT_ID = SPECIAL_IDS["<|endoftext|>"]
@@ -47,19 +52,32 @@ def build_requests(processor, rows: list[dict]) -> list[dict[str, Any]]:
 
 
 def sampling_kwargs(spec: SamplingSpec) -> dict[str, Any]:
-    """Keyword arguments for `vllm.SamplingParams`, matching the hf backend's sampling."""
-    greedy = spec.greedy
+    """Keyword arguments for `vllm.SamplingParams`: every sampling knob named, from the same
+    `sampling_knobs` as the hf backend, so nothing falls back to an engine or checkpoint default."""
+    k = sampling_knobs(spec)
     return {
         "n": spec.n,
-        "temperature": 0.0 if greedy else spec.temperature,
-        "top_p": 1.0 if greedy else spec.top_p,
-        "top_k": 0,  # 0 disables top-k in vLLM 0.32 (-1 is only tolerated)
-        "max_tokens": spec.max_new_tokens,
+        "temperature": 0.0 if k["greedy"] else k["temperature"],
+        "top_p": k["top_p"],
+        "top_k": k["top_k"],  # 0 disables top-k in vLLM 0.32 (-1 is only tolerated)
+        "min_p": k["min_p"],
+        "repetition_penalty": k["repetition_penalty"],
+        "presence_penalty": k["presence_penalty"],
+        "frequency_penalty": k["frequency_penalty"],
+        "max_tokens": k["max_new_tokens"],
+        "min_tokens": k["min_new_tokens"],
         "seed": spec.seed,
         # 0 = no alternatives, but vLLM always reports the sampled token's log-prob
         "logprobs": 0,
         # same stop set as the hf backend, independent of the checkpoint's generation config
         "stop_token_ids": list(STOP_IDS),
+        "stop": [],
+        "ignore_eos": False,
+        # each vision placeholder is one special token, so its "word" is that single id,
+        # which vLLM masks to -inf before sampling
+        "bad_words": list(NEVER_SAMPLE_TOKENS),
+        "logit_bias": None,
+        "allowed_token_ids": None,
         "skip_special_tokens": True,
         "detokenize": True,
     }
@@ -90,7 +108,12 @@ def engine_kwargs(model_dir: str, cfg: ModelConfig, tensor_parallel_size: int = 
         "trust_remote_code": cfg.trust_remote_code,
         "dtype": cfg.dtype,
         "limit_mm_per_prompt": {"image": 1},
-        "mm_processor_kwargs": {"min_pixels": min_pixels, "max_pixels": max_pixels},
+        # same pixel limits and same image-processor backend (PIL, not torchvision) as the trainer
+        "mm_processor_kwargs": {"min_pixels": min_pixels, "max_pixels": max_pixels,
+                                "use_fast": image_processor_is_fast(processor.image_processor)},
+        # sampling defaults come from vLLM itself, never from the checkpoint's generation_config.json
+        # (every knob is also set per request by `sampling_kwargs`)
+        "generation_config": "vllm",
         "enable_prefix_caching": True,  # the n samples of a prompt share its prefix
         "seed": seed,
         "gpu_memory_utilization": gpu_memory_utilization,
@@ -100,6 +123,15 @@ def engine_kwargs(model_dir: str, cfg: ModelConfig, tensor_parallel_size: int = 
     if max_model_len is not None:
         kwargs["max_model_len"] = max_model_len
     return kwargs
+
+
+def image_processor_is_fast(image_processor) -> bool:
+    """Whether an image processor is the torchvision ("fast") backend rather than the PIL one."""
+    backend = getattr(image_processor, "backend", None)
+    if isinstance(backend, str):
+        return backend != "pil"
+    name = type(image_processor).__name__
+    return name.endswith("Fast") or "Torchvision" in name
 
 
 def _logprob_value(entry) -> float:
