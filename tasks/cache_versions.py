@@ -39,7 +39,7 @@ import sys
 # stage's sources had changed since "1"). Note why when bumping, e.g. `"rollout": "3",  # 3: top-p fixed`.
 # 3 (all stages): config gained tensor-parallel rollouts for the 32b preset
 CACHE_VERSIONS = {
-    "data": "3",
+    "data": "4",  # 4: ViRL39K release and Hub Parquet forms
     "base_model": "4",  # 4: vision ids in responses (log-prob pass)
     "bootstrap": "5",  # 5: vision ids in responses (log-prob pass)
     "judge_eval_set": "7",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: explicit sampling knobs

@@ -319,3 +319,126 @@ def test_jsonl_content_in_a_json_file_is_accepted(tmp_path):
     p.write_text("\n".join(json.dumps(_spark_rec("i.png", f"q{i}", str(i))) for i in range(3)))
     loaded, _ = load_rows(str(p))
     assert [r["answer"] for r in loaded] == ["0", "1", "2"]
+
+
+# ---- ViRL39K, as its users have it -------------------------------------------
+
+
+def _virl_release(tmp_path, rows):
+    """A file shaped like TIGER-Lab/ViRL39K's 39Krelease.parquet: images beside it, paths relative."""
+    (tmp_path / "images").mkdir(exist_ok=True)
+    recs = []
+    for i, (question, answer, colours) in enumerate(rows):
+        paths = []
+        for k, c in enumerate(colours):
+            name = f"images/q{i}-{k}.jpg" if k % 2 else f"images/q{i}-{k}.png"
+            Image.new("RGB", (20 + i, 10), c).save(tmp_path / name)
+            paths.append(name)
+        recs.append({"question": question, "answer": answer, "PassRate_32BTrained": 0.5,
+                     "PassRate_7BTrained": 0.25, "category": "(GradeSchool) Geometric", "source": "MMK12",
+                     "qid": f"MMK12-{i:04d}", "image": paths})
+    schema = pa.schema([("question", pa.string()), ("answer", pa.string()), ("PassRate_32BTrained", pa.float64()),
+                        ("PassRate_7BTrained", pa.float64()), ("category", pa.string()), ("source", pa.string()),
+                        ("qid", pa.string()), ("image", pa.list_(pa.string()))])
+    p = tmp_path / "39Krelease.parquet"
+    pq.write_table(pa.Table.from_pylist(recs, schema=schema), p)
+    return str(p)
+
+
+def test_virl39k_release_parquet_loads(tmp_path):
+    path = _virl_release(tmp_path, [
+        ("<image>\nWhat is the value of x in the triangle shown above?", "\\boxed{60}", [(255, 0, 0)]),
+        ("<image>Which bar is tallest? Choices: A. red B. blue", "\\boxed{\\frac{1}{2}}", [(0, 0, 255)]),
+        ("<image>\nHow many circles?", "3", [(0, 255, 0)]),
+        ("If 2x = 10, what is x?", "\\boxed{5}", []),
+    ])
+    loaded, quarantine = load_rows(path)
+    assert quarantine == []
+    assert [r["prompt_id"] for r in loaded] == ["MMK12-0000", "MMK12-0001", "MMK12-0002", "MMK12-0003"]
+    assert [r["answer"] for r in loaded] == ["60", "\\frac{1}{2}", "3", "5"]  # boxes unwrapped for the label
+    assert loaded[0]["question"] == "What is the value of x in the triangle shown above?"
+    assert loaded[1]["question"] == "Which bar is tallest? Choices: A. red B. blue"
+    assert all("<image>" not in r["question"] for r in loaded)
+    assert {r["source"] for r in loaded} == {"MMK12"}
+    for r, colour in zip(loaded[:3], [(255, 0, 0), (0, 0, 255), (0, 255, 0)]):
+        im = Image.open(io.BytesIO(r["image"]))
+        assert im.format == "PNG" and im.convert("RGB").getpixel((0, 0)) == colour
+    assert loaded[3]["image"] is None
+    _check_prompts_rows(loaded)
+
+
+def test_virl39k_release_bad_rows_are_quarantined(tmp_path):
+    path = _virl_release(tmp_path, [
+        ("<image>\nok?", "\\boxed{1}", [(1, 2, 3)]),
+        ("<image>\n<image>\ntwo images?", "\\boxed{2}", [(1, 2, 3), (4, 5, 6)]),
+        ("<image>\nno image?", "\\boxed{3}", []),
+        ("<image>\nempty box", "\\boxed{ }", [(1, 2, 3)]),
+    ])
+    t = pq.read_table(path).to_pylist()
+    t.append({**t[0], "qid": "missing", "image": ["images/nope.png"]})
+    pq.write_table(pa.Table.from_pylist(t), path)
+    loaded, quarantine = load_rows(path)
+    assert [r["prompt_id"] for r in loaded] == ["MMK12-0000"]
+    by_id = {q["row_id"]: q for q in quarantine}
+    assert by_id["MMK12-0001"]["field"] == "image" and "2 images" in by_id["MMK12-0001"]["reason"]
+    assert by_id["MMK12-0002"]["field"] == "question" and "no image" in by_id["MMK12-0002"]["reason"]
+    assert by_id["MMK12-0003"]["field"] == "answer" and "empty" in by_id["MMK12-0003"]["reason"]
+    assert by_id["missing"]["field"] == "image" and "does not exist" in by_id["missing"]["reason"]
+    assert json.loads(by_id["MMK12-0001"]["raw"])["image"] == ["images/q1-0.png", "images/q1-1.jpg"]
+
+
+def _virl_hub(tmp_path, rows, name="train-00000-of-00001.parquet"):
+    """A file shaped like the Hub's Parquet conversion: `problem`, embedded `images` structs."""
+    recs = []
+    for i, (problem, answer, colours) in enumerate(rows):
+        images = []
+        for k, c in enumerate(colours):
+            buf = io.BytesIO()
+            Image.new("RGB", (12, 9 + k), c).save(buf, format="JPEG" if k % 2 else "PNG")
+            images.append({"bytes": buf.getvalue(), "path": f"q{i}-{k}.png"})
+        recs.append({"answer": answer, "category": "(GradeSchool) Science", "qid": f"hub-{i}", "images": images,
+                     "problem": problem, "id": i})
+    schema = pa.schema([("answer", pa.string()), ("category", pa.string()), ("qid", pa.string()),
+                        ("images", pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())]))),
+                        ("problem", pa.string()), ("id", pa.int64())])
+    p = tmp_path / name
+    pq.write_table(pa.Table.from_pylist(recs, schema=schema), p)
+    return str(p)
+
+
+def test_virl39k_hub_parquet_loads(tmp_path):
+    path = _virl_hub(tmp_path, [
+        ("<image>What is the area of the rectangle?", "\\boxed{12}", [(10, 20, 30)]),
+        ("<image>\nWhich planet is shown?", "Mars", [(200, 50, 0)]),
+        ("What is 7 * 6?", "42", []),
+    ])
+    loaded, quarantine = load_rows(path)
+    assert quarantine == []
+    assert [r["prompt_id"] for r in loaded] == ["hub-0", "hub-1", "hub-2"]
+    assert [r["answer"] for r in loaded] == ["12", "Mars", "42"]
+    assert [r["question"] for r in loaded] == ["What is the area of the rectangle?", "Which planet is shown?",
+                                               "What is 7 * 6?"]
+    assert {r["source"] for r in loaded} == {"(GradeSchool) Science"}
+    for r, colour in zip(loaded[:2], [(10, 20, 30), (200, 50, 0)]):
+        assert Image.open(io.BytesIO(r["image"])).convert("RGB").getpixel((0, 0)) == colour
+    assert loaded[2]["image"] is None
+    _check_prompts_rows(loaded)
+
+
+def test_virl39k_hub_bad_rows_are_quarantined(tmp_path):
+    path = _virl_hub(tmp_path, [
+        ("<image>fine", "1", [(1, 1, 1)]),
+        ("<image>two", "2", [(1, 1, 1), (2, 2, 2)]),
+        ("", "3", [(1, 1, 1)]),
+        ("<image>no answer", "", [(1, 1, 1)]),
+    ])
+    t = pq.read_table(path).to_pylist()
+    t.append({**t[0], "qid": "broken", "images": [{"bytes": b"\x89PNG not an image", "path": "x.png"}]})
+    pq.write_table(pa.Table.from_pylist(t), path)
+    loaded, quarantine = load_rows(path)
+    assert [r["prompt_id"] for r in loaded] == ["hub-0"]
+    assert {q["row_id"]: q["field"] for q in quarantine} == {
+        "hub-1": "images", "hub-2": "problem", "hub-3": "answer", "broken": "images"}
+    broken = next(q for q in quarantine if q["row_id"] == "broken")
+    assert "cannot be decoded" in broken["reason"]
+    assert json.loads(broken["raw"])["images"][0]["bytes"].endswith("bytes>")

@@ -1,8 +1,17 @@
 """Load user training/eval data into PROMPTS rows; bad rows go to QUARANTINE, not into the run.
 
 Accepted files: .json (a list, or {"data": [...]}), .jsonl, .parquet.
-Accepted rows: the SPARK training format ({message, answer}), the SPARK evaluation
-format ({dataset, problem, answer, image_path}) and our own PROMPTS rows.
+Accepted rows:
+- the SPARK training format ({message, answer});
+- the SPARK evaluation format ({dataset, problem, answer, image_path});
+- ViRL39K as released (TIGER-Lab/ViRL39K, 39Krelease.parquet): {qid, question, answer,
+  image, category, source, PassRate_*}, where `question` holds `<image>` placeholders,
+  `image` is a list of paths relative to the file and `answer` may be `\\boxed{...}`;
+- ViRL39K as the Hub's Parquet conversion has it: {problem, answer, images, ...}, with
+  `images` a list of embedded image structs ({"bytes": ..., "path": ...});
+- our own PROMPTS rows.
+The row id comes from `prompt_id`, `qid` or `id`, the source name from `dataset`,
+`source` or `category`. A boxed answer is unwrapped for the label.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from PIL import Image
 
 from spark_core import schemas
 from spark_core.config import ANSWER_SUFFIX
+from spark_core.reward.verifier import extract_boxed
 
 # the answer-format instruction of the public SPARK / ViRL39K data
 SPARK_SUFFIX = "Please first conduct reasoning, and then answer the question. Repeat the final answer using a '\\boxed{}'."
@@ -31,6 +41,10 @@ _SUFFIX_PATTERNS = [
     re.compile(r"\s*" + re.escape(ANSWER_SUFFIX.rstrip(".")) + r"\.?\s*$"),
 ]
 _IMAGE_TOKEN = re.compile(r"^\s*<image>\s*")
+_IMAGE_PLACEHOLDER = re.compile(r"[ \t]*<image>[ \t]*\n?")
+_WHOLE_BOX = re.compile(r"^\\boxed\s*\{(.*)\}$", re.DOTALL)
+ID_KEYS = ("prompt_id", "qid", "id")
+SOURCE_KEYS = ("dataset", "source", "category")
 _RAW_LIMIT = 2000
 
 
@@ -129,7 +143,40 @@ def _answer(row: dict[str, Any]) -> str:
     a = str(a).strip()
     if not a:
         raise _Bad("answer", "has an empty answer")
-    return a
+    return unbox(a)
+
+
+def unbox(answer: str) -> str:
+    """The label inside an answer that is exactly one `\\boxed{...}` (ViRL39K ships them so)."""
+    m = _WHOLE_BOX.match(answer)
+    if m is None or extract_boxed(answer) != m.group(1):  # e.g. "\\boxed{1} or \\boxed{2}" stays as is
+        return answer
+    inner = m.group(1).strip()
+    if not inner:
+        raise _Bad("answer", "has an empty \\boxed{} answer")
+    return inner
+
+
+def _image_list(value: Any, field: str) -> Any:
+    """The one image of a list-valued image column (ViRL39K), None for an empty list."""
+    if hasattr(value, "tolist") and not isinstance(value, (bytes, bytearray)):
+        value = value.tolist()
+    if not isinstance(value, (list, tuple)):
+        return value
+    items = [v for v in value if v not in (None, "", b"")]
+    if len(items) > 1:
+        raise _Bad(field, f"has {len(items)} images; only one image per prompt is supported")
+    return items[0] if items else None
+
+
+def _virl_question(text: str, has_image: bool, field: str) -> str:
+    """The question without its `<image>` placeholders (the image travels separately)."""
+    n = text.count("<image>")
+    if n > 1:
+        raise _Bad(field, f"has {n} <image> placeholders; only one image per prompt is supported")
+    if n and not has_image:
+        raise _Bad(field, "has an <image> placeholder but no image")
+    return _IMAGE_PLACEHOLDER.sub(" ", text).strip() if n else text
 
 
 def _user_turn(message: Any) -> tuple[str, Any]:
@@ -223,7 +270,14 @@ def _parse(row: Any, base_dir: str, stem: str, max_pixels: int | None) -> dict[s
         raise _Bad("row", f"is a {type(row).__name__}, not an object")
     kind, provenance = schemas.KIND_SOLVE, {"template_id": "", "source_prompt_id": "", "source_rollout_id": ""}
     keep_message = None
-    if "question" in row and "image" in row and "problem" not in row:
+    if "question" in row and "problem" not in row and isinstance(row.get("image"), (list, tuple, str)):
+        # ViRL39K as released: `<image>` in the question, image paths relative to the file
+        if not _present(row.get("question")):
+            raise _Bad("question", "has an empty question")
+        img_ref = _image_list(row["image"], "image")
+        question = strip_suffix(_virl_question(str(row["question"]), img_ref is not None, "question"))
+        field = "image"
+    elif "question" in row and "image" in row and "problem" not in row:
         # our own PROMPTS artifact: image bytes inline
         if not _present(row.get("question")):
             raise _Bad("question", "has an empty question")
@@ -237,9 +291,15 @@ def _parse(row: Any, base_dir: str, stem: str, max_pixels: int | None) -> dict[s
     elif "problem" in row or "image_path" in row:
         if not _present(row.get("problem")):
             raise _Bad("problem", "has no problem text")
-        question = strip_suffix(str(row["problem"]))
-        img_ref = row.get("image_path") or None
-        field = "image_path"
+        if "images" in row and not _present(row.get("image_path")):
+            # the Hub's Parquet: a list of embedded {"bytes", "path"} image structs
+            field = "images"
+            img_ref = _image_list(row["images"], field)
+            question = strip_suffix(_virl_question(str(row["problem"]), img_ref is not None, "problem"))
+        else:
+            question = strip_suffix(str(row["problem"]))
+            img_ref = row.get("image_path") or None
+            field = "image_path"
     elif "message" in row:
         if not _present(row.get("message")) and not isinstance(row.get("message"), list):
             raise _Bad("message", "has an empty message")
@@ -250,9 +310,9 @@ def _parse(row: Any, base_dir: str, stem: str, max_pixels: int | None) -> dict[s
         raise _Bad("message", "has neither a message nor a problem field")
     answer = _answer(row)
     if not question:
-        raise _Bad("problem" if field == "image_path" else "message", "has an empty question text")
+        raise _Bad("problem" if field in ("image_path", "images") else "message", "has an empty question text")
     image = _image_bytes(img_ref, base_dir, field) if img_ref not in (None, "") else None
-    source = row.get("dataset") if _present(row.get("dataset")) else row.get("source")
+    source = next((row[k] for k in SOURCE_KEYS if _present(row.get(k))), None)
     message = keep_message or schemas.message_json(question + "\n" + ANSWER_SUFFIX, image is not None, max_pixels)
     return {
         "kind": kind,
@@ -306,7 +366,7 @@ def load_rows(
     for i, rec in enumerate(records):
         rid = None
         if isinstance(rec, dict):
-            for key in ("prompt_id", "id"):
+            for key in ID_KEYS:
                 if _present(rec.get(key)):
                     rid = str(rec[key]).strip()
                     break
