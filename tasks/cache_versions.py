@@ -41,9 +41,9 @@ import sys
 CACHE_VERSIONS = {
     "data": "4",  # 4: ViRL39K release and Hub Parquet forms
     "base_model": "4",  # 4: vision ids in responses (log-prob pass)
-    "bootstrap": "5",  # 5: vision ids in responses (log-prob pass)
+    "bootstrap": "6",  # 5: vision ids in responses (log-prob pass); 6: ViRL39K forms in the loader
     "judge_eval_set": "7",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: explicit sampling knobs
-    "select_prompts": "3",
+    "select_prompts": "4",  # 4: ViRL39K forms in the loader
     "rollout": "4",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
     "reward": "3",
     "recycle": "4",
