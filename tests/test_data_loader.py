@@ -442,3 +442,13 @@ def test_virl39k_hub_bad_rows_are_quarantined(tmp_path):
     broken = next(q for q in quarantine if q["row_id"] == "broken")
     assert "cannot be decoded" in broken["reason"]
     assert json.loads(broken["raw"])["images"][0]["bytes"].endswith("bytes>")
+
+
+@pytest.mark.parametrize("answer, label", [
+    ("\\boxed{60}", "60"), (" \\boxed{\\frac{1}{2}} ", "\\frac{1}{2}"), ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),
+    ("\\boxed{1} or \\boxed{2}", "\\boxed{1} or \\boxed{2}"), ("\\boxed{a\\}", "\\boxed{a\\}"), ("B", "B"),
+])
+def test_boxed_answers_are_unwrapped_only_when_whole(tmp_path, answer, label):
+    (tmp_path / "i.png").write_bytes(_png())
+    loaded, _ = load_rows(_write_json(tmp_path / "b.json", [_spark_rec("i.png", "q", answer)]))
+    assert loaded[0]["answer"] == label

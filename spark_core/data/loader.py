@@ -27,7 +27,6 @@ from PIL import Image
 
 from spark_core import schemas
 from spark_core.config import ANSWER_SUFFIX
-from spark_core.reward.verifier import extract_boxed
 
 # the answer-format instruction of the public SPARK / ViRL39K data
 SPARK_SUFFIX = "Please first conduct reasoning, and then answer the question. Repeat the final answer using a '\\boxed{}'."
@@ -149,12 +148,23 @@ def _answer(row: dict[str, Any]) -> str:
 def unbox(answer: str) -> str:
     """The label inside an answer that is exactly one `\\boxed{...}` (ViRL39K ships them so)."""
     m = _WHOLE_BOX.match(answer)
-    if m is None or extract_boxed(answer) != m.group(1):  # e.g. "\\boxed{1} or \\boxed{2}" stays as is
+    if m is None or not _balanced(m.group(1)) or m.group(1).endswith("\\"):  # e.g. "\\boxed{1} or \\boxed{2}" stays as is
         return answer
     inner = m.group(1).strip()
     if not inner:
         raise _Bad("answer", "has an empty \\boxed{} answer")
     return inner
+
+
+def _balanced(text: str) -> bool:
+    """Braces of `text` pair up (an escaped brace does not count) and never close below zero."""
+    depth = 0
+    for tok in re.finditer(r"\\.|[{}]", text, re.DOTALL):
+        t = tok.group()
+        depth += 1 if t == "{" else -1 if t == "}" else 0
+        if depth < 0:
+            return False
+    return depth == 0
 
 
 def _image_list(value: Any, field: str) -> Any:
