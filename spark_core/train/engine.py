@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from spark_core.config import SparkConfig, total_optimizer_steps
 from spark_core.model.loading import load_model, load_processor, save_checkpoint, save_processor
 from spark_core.model.logprobs import build_batch, response_logprobs
+from spark_core.train import collectives as comm
 from spark_core.train.grpo import grpo_loss, group_advantages, lr_at
 
 STATE_FILE = "spark_trainer_state.json"
@@ -178,14 +179,14 @@ def _find_resume(ck: StepCheckpoints, dist: DistInfo, key: str) -> dict | None:
             except Exception as e:  # noqa: BLE001 - a lost checkpoint means starting over, not failing
                 log.warning("could not restore the previous checkpoint (%s); starting the pass from its beginning", e)
                 shutil.rmtree(restored, ignore_errors=True)
-    torch.distributed.barrier()
+    comm.barrier()
     found = [st for st in (_read_resume(r, key) for r in (restored, live)) if st is not None]
     best = max(found, key=lambda st: st["steps_done"]) if found else None
-    done = torch.tensor([best["steps_done"] if best else 0, -(best["steps_done"] if best else 0)])
-    torch.distributed.all_reduce(done, op=torch.distributed.ReduceOp.MIN)
-    if int(done[0]) != -int(done[1]):
+    n = best["steps_done"] if best else 0
+    lo, neg_hi = comm.all_reduce_values([n, -n], op=comm.ReduceOp.MIN)
+    if int(lo) != -int(neg_hi):
         log.warning("ranks found different resume checkpoints (steps %d..%d); starting the pass over",
-                    int(done[0]), -int(done[1]))
+                    int(lo), -int(neg_hi))
         return None
     return best
 
@@ -202,17 +203,17 @@ def _save_resume(ck: StepCheckpoints, dist: DistInfo, engine, state: dict) -> No
     if dist.local_rank == 0:
         shutil.rmtree(slot_root, ignore_errors=True)
         os.makedirs(slot_root)
-    torch.distributed.barrier()
+    comm.barrier()
     engine.save_checkpoint(slot_root, tag=tag, save_latest=False,
                            client_state={"spark_steps_done": state["steps_done"]})
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     torch.save(rng, os.path.join(slot_root, tag, f"rng_rank{dist.rank}.pt"))
-    torch.distributed.barrier()
+    comm.barrier()
     if dist.local_rank == 0 and ck.publish is not None:
         ck.publish(slot_root)
-    torch.distributed.barrier()
+    comm.barrier()
     if dist.local_rank == 0:
         path = os.path.join(live, RESUME_FILE)
         with open(path + ".tmp", "w") as f:
@@ -220,7 +221,7 @@ def _save_resume(ck: StepCheckpoints, dist: DistInfo, engine, state: dict) -> No
         os.replace(path + ".tmp", path)
         if dist.rank == 0 and ck.publish is not None:
             ck.publish(path)
-    torch.distributed.barrier()
+    comm.barrier()
 
 
 def _plan_steps(n: int, micro: int, ga: int, world: int) -> list[list[list[int]]]:
@@ -362,9 +363,8 @@ class GRPOTrainer:
                     if global_step in grad_fault_steps:  # sqrt'(0) is inf, times 0 is NaN: value 0, gradient NaN
                         first = next(p for p in engine.module.parameters() if p.requires_grad)
                         loss = loss + torch.sqrt(first.sum() * 0.0)
-                    finite = torch.tensor([1.0 if torch.isfinite(loss) else 0.0])
-                    torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-                    if finite.item() < 1.0:
+                    finite, = comm.all_reduce_values([1.0 if torch.isfinite(loss) else 0.0], op=comm.ReduceOp.MIN)
+                    if finite < 1.0:
                         step_bad = True
                         # ZeRO reduces gradients in hooks, so every rank still needs a backward that
                         # touches every parameter; this one is exactly zero and finite.
@@ -424,7 +424,7 @@ class GRPOTrainer:
 
     def _clear_checkpoints(self, checkpoints: StepCheckpoints) -> None:
         """The pass is complete: its resume files are not needed."""
-        torch.distributed.barrier()
+        comm.barrier()
         if self.dist.local_rank == 0:
             for sub in ("live", "restored"):
                 shutil.rmtree(os.path.join(checkpoints.local_dir, sub), ignore_errors=True)
@@ -444,7 +444,7 @@ class GRPOTrainer:
                 save_processor(self.processor, out_dir)
             else:
                 save_checkpoint(self.module, self.processor, out_dir)
-        torch.distributed.barrier()
+        comm.barrier()
 
     def save_state(self, state_out: str) -> None:
         """The DeepSpeed state (all ranks) and the global step, for the next update."""
@@ -452,7 +452,7 @@ class GRPOTrainer:
         if self.dist.rank == 0:
             with open(os.path.join(state_out, STATE_FILE), "w") as f:
                 json.dump({"global_step": self.global_step, "total_steps": self.total_steps}, f)
-        torch.distributed.barrier()
+        comm.barrier()
 
     def full_state_dict_iter(self):
         """(name, tensor) of the policy's full weights, one parameter group at a time.
