@@ -108,8 +108,12 @@ def deepspeed_config(cfg: SparkConfig, world: int) -> dict:
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": ga,
         "gradient_clipping": t.grad_clip,
-        "zero_optimization": {"stage": t.zero_stage, "overlap_comm": cuda, "contiguous_gradients": True},
-        "bf16": {"enabled": bool(t.bf16 and cuda)},
+        # compute_grad_norm / check_grad_overflow: a step whose gradient norm is not finite
+        # is dropped whole by DeepSpeed (weights and optimizer state untouched); the trainer
+        # relies on this to skip bad steps.
+        "zero_optimization": {"stage": t.zero_stage, "overlap_comm": cuda, "contiguous_gradients": True,
+                              "compute_grad_norm": True},
+        "bf16": {"enabled": bool(t.bf16 and cuda), "check_grad_overflow": True},
         "optimizer": {
             "type": "AdamW",
             "params": {"lr": t.lr, "betas": list(t.adam_betas), "weight_decay": t.weight_decay,
@@ -366,20 +370,24 @@ class GRPOTrainer:
                     finite, = comm.all_reduce_values([1.0 if torch.isfinite(loss) else 0.0], op=comm.ReduceOp.MIN)
                     if finite < 1.0:
                         step_bad = True
-                        # ZeRO reduces gradients in hooks, so every rank still needs a backward that
-                        # touches every parameter; this one is exactly zero and finite.
-                        loss = sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0
                         st = {k: float("nan") for k in st}
+                    if step_bad:
+                        # Poison the step's gradient on every rank: DeepSpeed then takes its own
+                        # overflow path, which drops the gradient and leaves the weights, Adam's
+                        # moments and its step count untouched (lr 0 would still move the moments).
+                        loss = loss * float("nan")
                     engine.backward(loss * weight)
                     stats_acc.append(st | {"loss": float("nan") if step_bad else float(loss.detach())})
-                    # a skipped step must leave the weights untouched: lr 0 for it
                     for g in engine.optimizer.param_groups:
-                        g["lr"] = 0.0 if step_bad else lr
+                        g["lr"] = lr
                     engine.step()
                 grad_norm = engine.get_global_grad_norm()
                 grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
                 if not step_bad and not math.isfinite(grad_norm):
                     step_bad = True  # ZeRO's optimizer found non-finite gradients and skipped the update
+                if step_bad and math.isfinite(grad_norm):
+                    raise RuntimeError(f"global step {global_step} had a non-finite loss but DeepSpeed applied it "
+                                       f"(gradient norm {grad_norm}); refusing to continue with corrupted weights")
                 bad_run = bad_run + 1 if step_bad else 0
                 mean = lambda k: float(sum(s[k] for s in stats_acc) / max(1, len(stats_acc)))  # noqa: E731
                 steps_log.append({"step": global_step, "phase": phase, "loss": mean("loss"),
