@@ -28,7 +28,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from spark_core.config import SparkConfig, total_optimizer_steps
+from spark_core.config import SparkConfig, total_optimizer_steps, validate_train_batch
 from spark_core.model.loading import load_model, load_processor, save_checkpoint, save_processor
 from spark_core.model.logprobs import build_batch, response_logprobs
 from spark_core.train import collectives as comm
@@ -102,7 +102,7 @@ def init_distributed() -> DistInfo:
 
 def deepspeed_config(cfg: SparkConfig, world: int) -> dict:
     t = cfg.train
-    ga = max(1, t.train_batch_size // (t.micro_batch_size * world))
+    ga = validate_train_batch(t, world)
     cuda = torch.cuda.is_available()
     return {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
@@ -256,7 +256,7 @@ class GRPOTrainer:
         self.cfg = cfg
         self.model_dir = model_dir
         self.dist = init_distributed()
-        self._t0 = time.time()
+        validate_train_batch(cfg.train, self.dist.world)  # before any model is built
         torch.manual_seed(cfg.train.seed)
         self.processor = load_processor(model_dir, cfg.model)
         model = load_model(model_dir, cfg.model, device=self.dist.device, for_training=True)
@@ -272,7 +272,8 @@ class GRPOTrainer:
                                                config=self.ds_config)
         self.state_in = state_in
         self.global_step = int(_read_state(state_in).get("global_step", 0))
-        self.total_steps = int(total_steps) if total_steps is not None else total_optimizer_steps(cfg)
+        # the schedule counts the engine's real steps (micro x accumulation x this job's world)
+        self.total_steps = int(total_steps) if total_steps is not None else total_optimizer_steps(cfg, self.dist.world)
         if state_in and os.path.isdir(os.path.join(state_in, "ds")):
             self.engine.load_checkpoint(os.path.join(state_in, "ds"), load_module_strict=True,
                                         load_optimizer_states=True, load_lr_scheduler_states=False)
