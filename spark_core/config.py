@@ -117,8 +117,10 @@ class TrainConfig:
     grad_clip: float = 1.0
     eps_clip: float = 0.2
     kl_coef: float = 0.001
-    micro_batch_size: int = 8
-    train_batch_size: int = 64  # samples per optimizer step (grad accumulation fills it)
+    micro_batch_size: int = 8  # samples per forward/backward on one rank
+    # samples per optimizer step over all ranks: must be micro_batch_size x gradient
+    # accumulation x update world size (checked by validate_train_batch)
+    train_batch_size: int = 64
     ppo_epochs: int = 1
     zero_stage: int = 2
     bf16: bool = False
@@ -257,7 +259,8 @@ def _gpu_preset(name: str, *, gpus: int, nnodes: int, max_new_tokens: int, rollo
     cfg.rollout = RolloutConfig(backend="vllm", prompts_per_epoch=64, n_samples=8, max_new_tokens=max_new_tokens,
                                 n_shards=rollout_gpus // rollout_tp, gpu_memory_utilization=0.85,
                                 tensor_parallel_size=rollout_tp)
-    cfg.train = TrainConfig(lr=5e-7, micro_batch_size=8, train_batch_size=64, zero_stage=3, bf16=True,
+    # 64 samples per optimizer step as in SPARK: micro-batches of 64 / update GPUs, no accumulation
+    cfg.train = TrainConfig(lr=5e-7, micro_batch_size=64 // gpus, train_batch_size=64, zero_stage=3, bf16=True,
                             gradient_checkpointing=True)
     cfg.eval = EvalConfig(max_new_tokens=2048)
     per_node = gpus // nnodes
@@ -286,14 +289,37 @@ PRESETS = ("tiny-cpu", "7b-8xh100", "32b-16xh100")
 
 
 def load_config(preset_name: str = "tiny-cpu", overrides_json: str = "") -> SparkConfig:
-    """Preset plus a JSON object of dotted overrides (the form the workflow takes)."""
+    """Preset plus a JSON object of dotted overrides (the form the workflow takes), checked."""
     cfg = preset(preset_name)
     if overrides_json:
         overrides = json.loads(overrides_json)
         if not isinstance(overrides, dict):
             raise ValueError("overrides must be a JSON object of dotted keys")
         cfg = cfg.with_overrides(overrides)
+    validate_train_batch(cfg.train, update_world_size(cfg))
     return cfg
+
+
+def update_world_size(cfg: "SparkConfig") -> int:
+    """Ranks of the update job: processes per node x nodes."""
+    u = cfg.cluster.update
+    return max(1, u.nproc_per_node) * max(1, u.nnodes)
+
+
+def validate_train_batch(train: TrainConfig, world: int) -> int:
+    """The gradient accumulation steps that make `train_batch_size`; refuses a batch that
+    micro-batches x accumulation x ranks cannot make exactly (the optimizer step would
+    then hold a different number of samples than the LR schedule counts)."""
+    per_micro_round = train.micro_batch_size * world
+    if train.micro_batch_size < 1 or train.train_batch_size < 1:
+        raise ValueError(f"train.micro_batch_size ({train.micro_batch_size}) and train.train_batch_size "
+                         f"({train.train_batch_size}) must be positive")
+    if train.train_batch_size % per_micro_round:
+        raise ValueError(
+            f"train.train_batch_size={train.train_batch_size} is not micro_batch_size ({train.micro_batch_size}) x "
+            f"gradient accumulation x update world size ({world}): it must be a multiple of {per_micro_round} "
+            f"(change train.micro_batch_size or train.train_batch_size)")
+    return train.train_batch_size // per_micro_round
 
 
 def trained_passes(arm: str) -> tuple[str, ...]:
@@ -315,11 +341,18 @@ def optimizer_steps_per_pass(n_samples_in_pass: int, train_batch_size: int) -> i
     return max(1, -(-n_samples_in_pass // train_batch_size))
 
 
-def total_optimizer_steps(cfg: "SparkConfig") -> int:
-    """Every optimizer step of the run (policy and recycled passes), for the LR schedule."""
-    per_pass = optimizer_steps_per_pass(cfg.rollout.prompts_per_epoch * cfg.rollout.n_samples,
-                                        cfg.train.train_batch_size)
-    return cfg.epochs * len(trained_passes(cfg.recycle.arm)) * per_pass * cfg.train.ppo_epochs
+def total_optimizer_steps(cfg: "SparkConfig", world: int | None = None) -> int:
+    """Every optimizer step of the run (policy and recycled passes), for the LR schedule.
+
+    Counted with the engine's own step plan: steps of micro_batch_size x accumulation x
+    world samples (`world` defaults to the configured update job)."""
+    world = update_world_size(cfg) if world is None else world
+    ga = validate_train_batch(cfg.train, world)
+    per_step = cfg.train.micro_batch_size * ga * world
+    sizes = {"policy": cfg.rollout.prompts_per_epoch, "recycled": cfg.recycle.recycled_batch or cfg.rollout.prompts_per_epoch}
+    per_epoch = sum(optimizer_steps_per_pass(sizes[p] * cfg.rollout.n_samples, per_step)
+                    for p in trained_passes(cfg.recycle.arm))
+    return cfg.epochs * per_epoch * cfg.train.ppo_epochs
 
 
 def prefix_view(cfg: "SparkConfig") -> "SparkConfig":

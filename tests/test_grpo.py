@@ -67,3 +67,66 @@ def test_total_steps_counts_recycled_passes():
     assert total_optimizer_steps(cfg) == cfg.epochs * 2 * per_pass
     cfg.recycle.arm = "policy"
     assert total_optimizer_steps(cfg) == cfg.epochs * per_pass
+
+
+# ---- batch arithmetic: one optimizer step = micro x accumulation x world samples -----------
+
+
+@pytest.mark.parametrize("name", ["tiny-cpu", "7b-8xh100", "32b-16xh100"])
+def test_presets_make_the_step_the_schedule_counts(name):
+    from spark_core.config import load_config, update_world_size, validate_train_batch
+    from spark_core.train.engine import _plan_steps, deepspeed_config
+
+    cfg = load_config(name)
+    world = update_world_size(cfg)
+    ga = validate_train_batch(cfg.train, world)
+    assert cfg.train.micro_batch_size * ga * world == cfg.train.train_batch_size
+    assert deepspeed_config(cfg, world)["gradient_accumulation_steps"] == ga
+    # the engine's step plan over one pass has as many steps as the schedule counts per pass
+    n = cfg.rollout.prompts_per_epoch * cfg.rollout.n_samples
+    plan = _plan_steps(n, cfg.train.micro_batch_size, ga, world)
+    assert all(sum(len(m) for r in step for m in r) == cfg.train.train_batch_size for step in plan)
+    passes = 1 if cfg.recycle.arm in ("policy", "reward") else 2
+    assert total_optimizer_steps(cfg) == cfg.epochs * passes * len(plan) * cfg.train.ppo_epochs
+
+
+def test_gpu_presets_take_spark_64_sample_steps():
+    from spark_core.config import load_config
+
+    for name in ("7b-8xh100", "32b-16xh100"):
+        assert load_config(name).train.train_batch_size == 64
+
+
+def test_a_batch_the_ranks_cannot_make_is_refused_early():
+    from spark_core.config import load_config, validate_train_batch
+
+    # 16 ranks x micro 8 make 128-sample steps: not the 64 the schedule would count
+    with pytest.raises(ValueError, match=r"train_batch_size=64 .* multiple of 128"):
+        load_config("32b-16xh100", '{"train.micro_batch_size": 8}')
+    cfg = SparkConfig()
+    cfg.train.micro_batch_size, cfg.train.train_batch_size = 4, 6
+    with pytest.raises(ValueError, match="multiple of 4"):
+        validate_train_batch(cfg.train, 1)
+    cfg.train.train_batch_size = 8
+    assert validate_train_batch(cfg.train, 1) == 2
+    with pytest.raises(ValueError, match="multiple of 16"):
+        validate_train_batch(cfg.train, 4)
+
+
+def test_trainer_refuses_a_bad_batch_before_building_models(tmp_path):
+    from spark_core.train.engine import GRPOTrainer
+
+    cfg = SparkConfig()
+    cfg.train.micro_batch_size, cfg.train.train_batch_size = 4, 6
+    # a model directory that does not exist: the batch check must fire first
+    with pytest.raises(ValueError, match="train_batch_size=6"):
+        GRPOTrainer(cfg, str(tmp_path / "no-model"), str(tmp_path / "no-model"))
+
+
+def test_total_steps_follow_the_world_size():
+    cfg = SparkConfig()
+    cfg.train.micro_batch_size, cfg.train.train_batch_size = 4, 16
+    n = cfg.rollout.prompts_per_epoch * cfg.rollout.n_samples
+    assert total_optimizer_steps(cfg, world=2) == cfg.epochs * 2 * -(-n // 16)
+    with pytest.raises(ValueError):
+        total_optimizer_steps(cfg, world=3)
