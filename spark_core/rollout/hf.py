@@ -28,7 +28,7 @@ def generation_config(spec: SamplingSpec):
     k = sampling_knobs(spec)
     # start from transformers' own neutral value of every knob, then set ours
     defaults = getattr(GenerationConfig, "_get_default_generation_params", dict)
-    values = dict(defaults())
+    values = {k: v for k, v in defaults().items() if k not in ("max_length", "min_length")}  # *_new_tokens rule
     values.update(
         max_new_tokens=k["max_new_tokens"], min_new_tokens=k["min_new_tokens"], do_sample=not k["greedy"],
         temperature=k["temperature"], top_p=k["top_p"], min_p=None,  # None = off in transformers

@@ -1,0 +1,451 @@
+"""GPU smoke of the real spark_core path, in one command: `python benchmarks/gpu_smoke.py`.
+
+On one H100/H200 it builds a randomly initialised Qwen2.5-VL at a real width (the 3B or
+7B text config, written below; no download), with layers cut to fit a few minutes, and
+runs what an epoch runs, through the project's own code:
+
+  GRPOTrainer (DeepSpeed ZeRO-3, bf16, NCCL, world size 1; it builds policy and reference)
+  -> HF rollouts of synthetic image prompts on the trainer's live policy (spark_core.rollout.hf)
+  -> reward (spark_core.reward.score_batch) -> recycling (spark_core.recycle.recycle)
+  -> a GRPO pass -> rollouts of the recycled prompts -> a second pass that crashes after
+     its first optimizer step and resumes from that step's checkpoint.
+
+It prints one table: rollout tokens/s, update tokens/s and MFU, peak GPU memory, the
+rollout-vs-trainer log-prob gap, KL and clip fraction at the first step, and whether every
+loss was finite. `--toy` (automatic without CUDA) runs the same path on the embedded tiny
+model on a CPU, in about a minute; tests/test_gpu_smoke.py runs it in CI.
+
+A randomly initialised model never writes a correct \\boxed{} answer, so every reward would
+be 0 and every advantage 0 (the update would be a no-op). One response per prompt is
+therefore replaced by the prompt's worked solution, scored by the same verifier, with its
+behaviour log-probs computed by the trainer's model; the log-prob gap is measured on the
+sampled responses only.
+
+It imports no flytekit. On a bare GPU box the packages it needs beyond torch and
+transformers travel as wheels: see benchmarks/fetch_smoke_wheels.sh and docs/cluster.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# Qwen2.5-VL text configs (config.json of Qwen/Qwen2.5-VL-3B-Instruct and -7B-Instruct)
+TEXT_CONFIGS = {
+    "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+               num_key_value_heads=2, tie_word_embeddings=True),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, tie_word_embeddings=False),
+}
+# the vision tower is the same in both (its merger projects to the text width)
+VISION_CONFIG = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
+                     spatial_merge_size=2, temporal_patch_size=2, window_size=112, in_chans=3, hidden_act="silu")
+FULL_ATTENTION_BLOCKS = (7, 15, 23, 31)
+
+# dense bf16 peak of the card, for MFU
+PEAK_BF16_TFLOPS = (("H100 PCIe", 756.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4), ("A100", 312.0))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--toy", action="store_true", help="the embedded tiny model on CPU (automatic without CUDA)")
+    p.add_argument("--size", choices=sorted(TEXT_CONFIGS), default="3b", help="text config (default 3b)")
+    p.add_argument("--layers", type=int, default=None,
+                   help="decoder layers kept (default: 18 of 36 for 3b, 8 of 28 for 7b)")
+    p.add_argument("--vision-depth", type=int, default=16, help="vision blocks kept (of 32; default 16)")
+    p.add_argument("--prompts", type=int, default=None, help="image prompts (default 16; toy 4)")
+    p.add_argument("--samples", type=int, default=None, help="rollouts per prompt G (default 8; toy 4)")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="response length (default 128; toy 12)")
+    p.add_argument("--micro", type=int, default=None, help="micro-batch size (default 8; toy 4)")
+    p.add_argument("--train-batch", type=int, default=None, help="samples per optimizer step (default 32; toy 8)")
+    p.add_argument("--workdir", default=None, help="where the model and checkpoints go (default: a temp dir)")
+    p.add_argument("--json", default=None, help="also write the results as JSON here")
+    return p.parse_args(argv)
+
+
+# ---- the model ------------------------------------------------------------------------
+
+
+def real_width_config(size: str, layers: int, vision_depth: int):
+    from transformers import Qwen2_5_VLConfig
+
+    from spark_core.model.tokenizer import PADDED_VOCAB_SIZE, SPECIAL_IDS
+
+    text = dict(TEXT_CONFIGS[size])
+    tie = text.pop("tie_word_embeddings")
+    full = text["num_hidden_layers"]
+    text.update(num_hidden_layers=min(layers, full), vocab_size=PADDED_VOCAB_SIZE, max_position_embeddings=32768,
+                rms_norm_eps=1e-6, hidden_act="silu",
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+                bos_token_id=SPECIAL_IDS["<|endoftext|>"], eos_token_id=SPECIAL_IDS["<|im_end|>"],
+                pad_token_id=SPECIAL_IDS["<|endoftext|>"])
+    depth = min(vision_depth, VISION_CONFIG["depth"])
+    vision = dict(VISION_CONFIG, depth=depth, out_hidden_size=text["hidden_size"],
+                  fullatt_block_indexes=[i for i in FULL_ATTENTION_BLOCKS if i < depth] or [depth - 1])
+    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tie,
+                           image_token_id=SPECIAL_IDS["<|image_pad|>"], video_token_id=SPECIAL_IDS["<|video_pad|>"],
+                           vision_start_token_id=SPECIAL_IDS["<|vision_start|>"],
+                           vision_end_token_id=SPECIAL_IDS["<|vision_end|>"])
+    return cfg, full
+
+
+def build_real_width(out_dir: str, size: str, layers: int, vision_depth: int, model_cfg, device: str) -> dict:
+    """A Hugging Face directory with a randomly initialised real-width Qwen2.5-VL (bf16)."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from spark_core.model.loading import save_checkpoint
+    from spark_core.model.tiny import build_processor
+    from spark_core.model.tokenizer import SPECIAL_IDS, build_qwen_tokenizer
+
+    config, full_layers = real_width_config(size, layers, vision_depth)
+    torch.manual_seed(0)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):  # initialised on the GPU: seconds instead of minutes
+            model = Qwen2_5_VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.generation_config.eos_token_id = [SPECIAL_IDS["<|im_end|>"], SPECIAL_IDS["<|endoftext|>"]]
+    model.generation_config.pad_token_id = SPECIAL_IDS["<|endoftext|>"]
+    save_checkpoint(model, build_processor(build_qwen_tokenizer(), model_cfg), out_dir)
+    info = {"text_layers": f"{config.text_config.num_hidden_layers}/{full_layers}",
+            "vision_blocks": f"{config.vision_config.depth}/{VISION_CONFIG['depth']}"}
+    del model
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return info
+
+
+def flop_params(module) -> dict:
+    """Parameter counts that set the FLOPs per token: decoder (every token), LM head
+    (response tokens only: the log-prob pass projects only those), vision (per patch)."""
+    inner = module.model
+    emb = inner.get_input_embeddings().weight
+    total = sum(p.numel() for p in module.parameters())
+    vision = sum(p.numel() for p in inner.visual.parameters())
+    head = module.lm_head.weight.numel()
+    tied = module.lm_head.weight is emb
+    decoder = total - vision - emb.numel() - (0 if tied else head)
+    return {"total": total, "decoder": decoder, "head": head, "vision": vision}
+
+
+def partitioned_numel(p) -> int:
+    """A parameter's full size, also under ZeRO-3 (where `numel()` is 0)."""
+    return int(getattr(p, "ds_numel", 0) or p.numel())
+
+
+# ---- helpers --------------------------------------------------------------------------
+
+
+def gathered(trainer):
+    """All ZeRO-3 partitions gathered for the time of a rollout (fast generation);
+    a no-op below stage 3."""
+    import contextlib
+
+    if trainer.cfg.train.zero_stage != 3:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(trainer.module.parameters()), modifier_rank=None)
+
+
+def sync():
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def rollout_rows(samples, prompts, tag: str) -> list[dict]:
+    """ROLLOUTS rows, as the rollout stage writes them."""
+    kinds = {p["prompt_id"]: (p["kind"], p["answer"]) for p in prompts}
+    return [{"prompt_id": s.prompt_id, "rollout_id": f"{s.prompt_id}#{tag}.{s.sample_index}",
+             "kind": kinds[s.prompt_id][0], "sample_index": s.sample_index, "answer": kinds[s.prompt_id][1],
+             "response": s.response, "prompt_token_ids": list(s.prompt_token_ids),
+             "response_token_ids": list(s.response_token_ids), "old_logprobs": list(s.logprobs),
+             "finish_reason": s.finish_reason} for s in samples]
+
+
+def score(rows: list[dict], cfg) -> list[dict]:
+    """SCORED_ROLLOUTS rows, as the reward stage writes them."""
+    from spark_core.reward import score_batch
+
+    scores = score_batch([r["response"] for r in rows], [r["answer"] for r in rows],
+                         timeout_s=cfg.reward.timeout_s, workers=cfg.reward.workers)
+    return [dict(r, reward=float(s["reward"]), extracted=s["extracted"], verify_status=s["status"],
+                 verify_ms=s["ms"]) for r, s in zip(rows, scores)]
+
+
+def trainer_logprobs(trainer, prompts_by_id, rows, micro: int) -> list[list[float]]:
+    """The trainer's own log-probs of each row's response (project code: build_batch + response_logprobs)."""
+    import torch
+
+    from spark_core.model.logprobs import build_batch, gather_response, response_logprobs
+
+    out: list[list[float]] = []
+    for i in range(0, len(rows), micro):
+        chunk = rows[i: i + micro]
+        batch = build_batch(trainer.processor, [prompts_by_id[r["prompt_id"]] for r in chunk],
+                            [r["prompt_token_ids"] for r in chunk], [r["response_token_ids"] for r in chunk])
+        batch = batch.to(trainer.dist.device)
+        with torch.no_grad():
+            lp = response_logprobs(trainer.module, batch)
+        out.extend(gather_response(lp.float().cpu(), batch.to("cpu")))
+    return out
+
+
+def plant_worked_solutions(trainer, prompts, rows, micro: int) -> int:
+    """Replace sample 0 of every prompt by its worked solution (see the module docstring)."""
+    from spark_core.data import worked_solution
+    from spark_core.rollout.hf import STOP_IDS
+
+    tok = trainer.processor.tokenizer
+    by_id = {p["prompt_id"]: p for p in prompts}
+    planted = [r for r in rows if r["sample_index"] == 0]
+    for r in planted:
+        text = worked_solution(by_id[r["prompt_id"]])
+        r.update(response=text, response_token_ids=tok(text)["input_ids"] + [STOP_IDS[0]], finish_reason="stop")
+    for r, lp in zip(planted, trainer_logprobs(trainer, by_id, planted, micro)):
+        r["old_logprobs"] = lp
+    return len(planted)
+
+
+def logprob_gap(trainer, prompts, rows, micro: int) -> dict:
+    by_id = {p["prompt_id"]: p for p in prompts}
+    ref = trainer_logprobs(trainer, by_id, rows, micro)
+    diffs = [abs(a - b) for r, lp in zip(rows, ref) for a, b in zip(r["old_logprobs"], lp)]
+    return {"mean": sum(diffs) / max(1, len(diffs)), "max": max(diffs, default=0.0), "tokens": len(diffs)}
+
+
+def pass_flops(rows: list[dict], params: dict, with_ref: bool, ppo_epochs: int) -> float:
+    """Model FLOPs of a GRPO pass: 6 per parameter per token for the policy's forward and
+    backward, 2 for the reference's forward (recomputation under gradient checkpointing
+    is not counted: this is MFU, not hardware utilisation)."""
+    from spark_core.model.logprobs import IMAGE_TOKEN_ID
+
+    per_param = 6 + (2 if with_ref else 0)
+    total = 0.0
+    for r in rows:
+        seq = len(r["prompt_token_ids"]) + len(r["response_token_ids"])
+        patches = 4 * list(r["prompt_token_ids"]).count(IMAGE_TOKEN_ID)  # 2x2 patches merge into one token
+        total += per_param * (params["decoder"] * seq + params["head"] * len(r["response_token_ids"])
+                              + params["vision"] * patches)
+    return total * ppo_epochs
+
+
+def peak_tflops(device_name: str) -> float | None:
+    for key, value in PEAK_BF16_TFLOPS:
+        if key in device_name:
+            return value
+    return None
+
+
+# ---- the run --------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict:
+    import torch
+
+    t_start = time.time()
+    toy = args.toy or not torch.cuda.is_available()
+    pick = lambda value, gpu, cpu: value if value is not None else (cpu if toy else gpu)  # noqa: E731
+    n_prompts, G = pick(args.prompts, 16, 4), pick(args.samples, 8, 4)
+    max_new, micro, train_batch = pick(args.max_new_tokens, 128, 12), pick(args.micro, 8, 4), pick(args.train_batch, 32, 8)
+    layers = args.layers if args.layers is not None else {"3b": 18, "7b": 8}[args.size]
+
+    from spark_core.config import ModelConfig, SparkConfig, TrainConfig
+    from spark_core.data import generate
+    from spark_core.recycle import recycle
+    from spark_core.rollout.base import SamplingSpec
+    from spark_core.rollout.hf import HFBackend
+    from spark_core.train.engine import CRASH_AFTER_STEP_ENV, GRPOTrainer, StepCheckpoints
+
+    work = args.workdir or tempfile.mkdtemp(prefix="spark-smoke-")
+    os.makedirs(work, exist_ok=True)
+    model_dir = os.path.join(work, "model")
+    res: dict = {"mode": "toy (CPU, embedded tiny model)" if toy else "gpu", "workdir": work}
+
+    cfg = SparkConfig()
+    if toy:
+        cfg.model = ModelConfig(path=model_dir)
+        cfg.train = TrainConfig(lr=1e-3, micro_batch_size=micro, train_batch_size=train_batch, zero_stage=3)
+    else:
+        cfg.model = ModelConfig(path=model_dir, dtype="bfloat16", attn_implementation="sdpa",
+                                max_pixels=ModelConfig().max_pixels)
+        cfg.train = TrainConfig(lr=1e-5, micro_batch_size=micro, train_batch_size=train_batch, zero_stage=3,
+                                bf16=True, gradient_checkpointing=True)
+    cfg.rollout.prompts_per_epoch, cfg.rollout.n_samples, cfg.rollout.max_new_tokens = n_prompts, G, max_new
+    cfg.reward.timeout_s = 5.0
+
+    # 1. the model
+    t0 = time.time()
+    if toy:
+        from spark_core.model.tiny import build_tiny
+
+        build_tiny(model_dir, cfg.model)
+        res["model"] = "embedded tiny Qwen2.5-VL (random init), fp32"
+    else:
+        info = build_real_width(model_dir, args.size, layers, args.vision_depth, cfg.model, "cuda")
+        res["model"] = (f"Qwen2.5-VL {args.size.upper()} text config, {info['text_layers']} decoder layers, "
+                        f"{info['vision_blocks']} vision blocks, random init, bf16")
+    res["seconds_model_dir"] = time.time() - t0
+
+    # 2. the trainer: ZeRO-3 engine, policy and reference (total steps: the two passes)
+    t0 = time.time()
+    steps_per_pass = -(-n_prompts * G // train_batch)
+    trainer = GRPOTrainer(cfg, model_dir, model_dir, total_steps=2 * steps_per_pass)
+    sync()
+    res["seconds_trainer_build"] = time.time() - t0
+    res["zero_stage"] = trainer.ds_config["zero_optimization"]["stage"]
+    res["world_size"] = trainer.dist.world
+    res["backend"] = torch.distributed.get_backend()
+    res["device"] = torch.cuda.get_device_name(0) if trainer.dist.device.startswith("cuda") else "cpu"
+    with gathered(trainer):
+        params = flop_params(trainer.module)
+    params["total"] = sum(partitioned_numel(p) for p in trainer.module.parameters())
+    res["params_billion"] = params["total"] / 1e9
+
+    backend = HFBackend(model_dir, cfg.model, device=trainer.dist.device, model=trainer.module,
+                        processor=trainer.processor, prompts_per_chunk=max(1, 64 // G))
+
+    def do_rollout(rows, tag, seed):
+        spec = SamplingSpec(n=G, temperature=1.0, top_p=1.0, max_new_tokens=max_new, seed=seed)
+        groups = [[r for r in rows if r["image"] is not None], [r for r in rows if r["image"] is None]]
+        sync()
+        t = time.time()
+        with gathered(trainer):
+            samples = [s for g in groups if g for s in backend.generate(g, spec, desc=f"rollout[{tag}]")]
+        sync()
+        seconds = time.time() - t
+        trainer.module.train()  # generation switched the live policy to eval mode
+        return rollout_rows(samples, rows, tag), seconds
+
+    # 3. rollouts, reward, recycling
+    prompts = generate(n_prompts, seed=7)
+    rows, seconds = do_rollout(prompts, "policy", seed=1)
+    n_tokens = sum(len(r["response_token_ids"]) for r in rows)
+    res["rollout"] = {"sequences": len(rows), "response_tokens": n_tokens, "seconds": seconds,
+                      "tokens_per_s": n_tokens / seconds}
+    with gathered(trainer):
+        gap = logprob_gap(trainer, prompts, [r for r in rows if r["sample_index"] != 0], micro)
+        planted = plant_worked_solutions(trainer, prompts, rows, micro)
+    trainer.module.train()
+    res["logprob_gap"] = gap
+    t0 = time.time()
+    scored = score(rows, cfg)
+    res["seconds_reward"] = time.time() - t0
+    res["reward_mean"] = sum(r["reward"] for r in scored) / len(scored)
+    res["planted_worked_solutions"] = planted
+    recycled = recycle(prompts, scored, cfg.recycle, batch_size=n_prompts, epoch=0)
+    res["recycled"] = {k: sum(r["kind"] == k for r in recycled) for k in sorted({r["kind"] for r in recycled})}
+
+    # 4. the GRPO pass on the policy rollouts
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    sync()
+    t0 = time.time()
+    m1 = trainer.train_pass(prompts, scored, "policy")
+    sync()
+    seconds = time.time() - t0
+    update_tokens = sum(len(r["prompt_token_ids"]) + len(r["response_token_ids"]) for r in scored)
+    update_tokens *= cfg.train.ppo_epochs
+    flops = pass_flops(scored, params, trainer.ref is not None, cfg.train.ppo_epochs)
+    peak = peak_tflops(res["device"])
+    first = m1["step_log"][0]
+    res["update"] = {"steps": m1["steps"], "skipped": m1["skipped_steps"], "tokens": update_tokens,
+                     "seconds": seconds, "tokens_per_s": update_tokens / seconds,
+                     "tflops": flops / seconds / 1e12, "mfu": (flops / seconds / 1e12 / peak) if peak else None,
+                     "first_step_kl": first["kl"], "first_step_clip_frac": first["clip_frac"],
+                     "grad_norms": [s["grad_norm"] for s in m1["step_log"]],
+                     "trainer_gap": {k: v for k, v in m1.items() if "gap" in k}}
+
+    # 5. rollouts of the recycled prompts, then a pass that crashes after one step and resumes
+    rec_rows, _ = do_rollout(recycled, "recycled", seed=2) if recycled else ([], 0.0)
+    rec_scored = score(rec_rows, cfg) if rec_rows else []
+    resume_prompts, resume_rows, phase = recycled, rec_scored, "recycled"
+    if len(rec_scored) < 2 * train_batch:  # too few recycled samples for two steps: retrain the policy rows
+        resume_prompts, resume_rows, phase = prompts, scored, "policy-again"
+    checkpoints = StepCheckpoints(local_dir=os.path.join(work, "resume"), every=1)
+    start = trainer.global_step
+    os.environ[CRASH_AFTER_STEP_ENV] = "1"
+    crashed = False
+    try:
+        trainer.train_pass(resume_prompts, resume_rows, phase, checkpoints=checkpoints)
+    except RuntimeError as e:
+        crashed = CRASH_AFTER_STEP_ENV in str(e)
+        if not crashed:
+            raise
+    finally:
+        os.environ.pop(CRASH_AFTER_STEP_ENV, None)
+    trainer.global_step = start  # a retry starts the pass again from the same step; it finds the checkpoint
+    m2 = trainer.train_pass(resume_prompts, resume_rows, phase, checkpoints=checkpoints)
+    res["resume"] = {"phase": phase, "crashed_after_step": 1 if crashed else None,
+                     "resumed_steps": m2["resumed_steps"], "steps": m2["steps"], "global_step": m2["global_step"]}
+
+    losses = [s["loss"] for s in m1["step_log"] + m2["step_log"]]
+    res["losses"] = losses
+    res["all_losses_finite"] = all(math.isfinite(x) for x in losses) and not m1["skipped_steps"] \
+        and not m2["skipped_steps"]
+    res["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+    res["flytekit_imported"] = "flytekit" in sys.modules
+    res["seconds_total"] = time.time() - t_start
+    return res
+
+
+def table(res: dict) -> str:
+    u, r, g, z = res["update"], res["rollout"], res["logprob_gap"], res["resume"]
+    rows = [
+        ("device", f"{res['device']} ({res['mode']})"),
+        ("model", f"{res['model']}, {res['params_billion']:.2f} B parameters"),
+        ("trainer", f"DeepSpeed ZeRO-{res['zero_stage']}, {res['backend']}, world size {res['world_size']}"),
+        ("model dir / trainer build", f"{res['seconds_model_dir']:.1f} s / {res['seconds_trainer_build']:.1f} s"),
+        ("rollout tokens/s", f"{r['tokens_per_s']:.1f} ({r['response_tokens']} tokens, {r['sequences']} sequences, "
+                             f"{r['seconds']:.1f} s)"),
+        ("update tokens/s", f"{u['tokens_per_s']:.1f} ({u['tokens']} tokens, {u['steps']} steps, {u['seconds']:.1f} s)"),
+        ("update MFU", f"{100 * u['mfu']:.1f} % ({u['tflops']:.1f} TFLOP/s of {peak_tflops(res['device'])})"
+                       if u["mfu"] is not None else f"n/a ({u['tflops']:.3g} TFLOP/s)"),
+        ("peak GPU memory", "n/a (CPU)" if res["peak_gpu_memory_gib"] is None
+         else f"{res['peak_gpu_memory_gib']:.1f} GiB"),
+        ("rollout-vs-trainer log-prob gap", f"mean {g['mean']:.2e}, max {g['max']:.2e} ({g['tokens']} tokens)"),
+        ("KL at first step", f"{u['first_step_kl']:.2e}"),
+        ("clip fraction at first step", f"{u['first_step_clip_frac']:.3g}"),
+        ("gradient norm, first / last step", f"{u['grad_norms'][0]:.3g} / {u['grad_norms'][-1]:.3g}"),
+        ("reward mean / recycled", f"{res['reward_mean']:.3f} / {res['recycled']}"),
+        ("resume", f"{z['phase']} pass crashed after step {z['crashed_after_step']}, resumed after "
+                   f"{z['resumed_steps']} step(s), {z['steps']} steps in all"),
+        ("every loss finite", "yes" if res["all_losses_finite"] else f"NO: {res['losses']}"),
+        ("total time", f"{res['seconds_total']:.1f} s"),
+    ]
+    if u["trainer_gap"]:
+        rows.insert(9, ("trainer's gap metrics", ", ".join(f"{k} {v:.2e}" for k, v in u["trainer_gap"].items())))
+    width = max(len(k) for k, _ in rows)
+    lines = [f"| {'what':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
+    lines += [f"| {k:<{width}} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    res = run(args)
+    print(table(res), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2, default=str)
+    ok = res["all_losses_finite"] and res["resume"]["resumed_steps"] >= 1 and not res["flytekit_imported"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
