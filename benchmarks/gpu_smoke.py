@@ -31,6 +31,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -67,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-new-tokens", type=int, default=None, help="response length (default 128; toy 12)")
     p.add_argument("--micro", type=int, default=None, help="micro-batch size (default 8; toy 4)")
     p.add_argument("--train-batch", type=int, default=None, help="samples per optimizer step (default 32; toy 8)")
+    p.add_argument("--image-size", type=int, default=None, help="synthetic image side in pixels (default 448; toy 112)")
+    p.add_argument("--torch-adam", action="store_true",
+                   help="torch's AdamW instead of DeepSpeed's fused Adam (automatic where nvcc is missing)")
     p.add_argument("--workdir", default=None, help="where the model and checkpoints go (default: a temp dir)")
     p.add_argument("--json", default=None, help="also write the results as JSON here")
     return p.parse_args(argv)
@@ -244,6 +248,21 @@ def pass_flops(rows: list[dict], params: dict, with_ref: bool, ppo_epochs: int) 
     return total * ppo_epochs
 
 
+def use_torch_adam() -> None:
+    """Make the trainer's DeepSpeed config take torch's AdamW. DeepSpeed's fused Adam is a
+    CUDA op compiled at first use, which needs nvcc; a bare box with pip wheels has none."""
+    import spark_core.train.engine as engine
+
+    build = engine.deepspeed_config
+
+    def with_torch_adam(cfg, world):
+        ds = build(cfg, world)
+        ds["optimizer"]["params"]["torch_adam"] = True
+        return ds
+
+    engine.deepspeed_config = with_torch_adam
+
+
 def peak_tflops(device_name: str) -> float | None:
     for key, value in PEAK_BF16_TFLOPS:
         if key in device_name:
@@ -263,6 +282,7 @@ def run(args: argparse.Namespace) -> dict:
     n_prompts, G = pick(args.prompts, 16, 4), pick(args.samples, 8, 4)
     max_new, micro, train_batch = pick(args.max_new_tokens, 128, 12), pick(args.micro, 8, 4), pick(args.train_batch, 32, 8)
     layers = args.layers if args.layers is not None else {"3b": 18, "7b": 8}[args.size]
+    image_size = pick(args.image_size, 448, 112)
 
     from spark_core.config import ModelConfig, SparkConfig, TrainConfig
     from spark_core.data import generate
@@ -281,8 +301,9 @@ def run(args: argparse.Namespace) -> dict:
         cfg.model = ModelConfig(path=model_dir)
         cfg.train = TrainConfig(lr=1e-3, micro_batch_size=micro, train_batch_size=train_batch, zero_stage=3)
     else:
+        # the 7b preset's pixel limit: a 448 px image is 256 vision tokens
         cfg.model = ModelConfig(path=model_dir, dtype="bfloat16", attn_implementation="sdpa",
-                                max_pixels=ModelConfig().max_pixels)
+                                max_pixels=1024 * 28 * 28)
         cfg.train = TrainConfig(lr=1e-5, micro_batch_size=micro, train_batch_size=train_batch, zero_stage=3,
                                 bf16=True, gradient_checkpointing=True)
     cfg.rollout.prompts_per_epoch, cfg.rollout.n_samples, cfg.rollout.max_new_tokens = n_prompts, G, max_new
@@ -302,6 +323,10 @@ def run(args: argparse.Namespace) -> dict:
     res["seconds_model_dir"] = time.time() - t0
 
     # 2. the trainer: ZeRO-3 engine, policy and reference (total steps: the two passes)
+    torch_adam = args.torch_adam or (not toy and not (shutil.which("nvcc") or os.environ.get("CUDA_HOME")))
+    if torch_adam:
+        use_torch_adam()
+    res["optimizer"] = "torch AdamW" if torch_adam or toy else "DeepSpeed fused Adam"
     t0 = time.time()
     steps_per_pass = -(-n_prompts * G // train_batch)
     trainer = GRPOTrainer(cfg, model_dir, model_dir, total_steps=2 * steps_per_pass)
@@ -332,7 +357,7 @@ def run(args: argparse.Namespace) -> dict:
         return rollout_rows(samples, rows, tag), seconds
 
     # 3. rollouts, reward, recycling
-    prompts = generate(n_prompts, seed=7)
+    prompts = generate(n_prompts, seed=7, image_size=image_size)
     rows, seconds = do_rollout(prompts, "policy", seed=1)
     n_tokens = sum(len(r["response_token_ids"]) for r in rows)
     res["rollout"] = {"sequences": len(rows), "response_tokens": n_tokens, "seconds": seconds,
@@ -408,7 +433,8 @@ def table(res: dict) -> str:
     rows = [
         ("device", f"{res['device']} ({res['mode']})"),
         ("model", f"{res['model']}, {res['params_billion']:.2f} B parameters"),
-        ("trainer", f"DeepSpeed ZeRO-{res['zero_stage']}, {res['backend']}, world size {res['world_size']}"),
+        ("trainer", f"DeepSpeed ZeRO-{res['zero_stage']}, {res['backend']}, world size {res['world_size']}, "
+                    f"{res['optimizer']}"),
         ("model dir / trainer build", f"{res['seconds_model_dir']:.1f} s / {res['seconds_trainer_build']:.1f} s"),
         ("rollout tokens/s", f"{r['tokens_per_s']:.1f} ({r['response_tokens']} tokens, {r['sequences']} sequences, "
                              f"{r['seconds']:.1f} s)"),
