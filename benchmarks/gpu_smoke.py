@@ -49,7 +49,7 @@ TEXT_CONFIGS = {
 }
 # the vision tower is the same in both (its merger projects to the text width)
 VISION_CONFIG = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, patch_size=14,
-                     spatial_merge_size=2, temporal_patch_size=2, window_size=112, in_chans=3, hidden_act="silu")
+                     spatial_merge_size=2, temporal_patch_size=2, window_size=112, hidden_act="silu")
 FULL_ATTENTION_BLOCKS = (7, 15, 23, 31)
 
 # dense bf16 peak of the card, for MFU
@@ -61,7 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--toy", action="store_true", help="the embedded tiny model on CPU (automatic without CUDA)")
     p.add_argument("--size", choices=sorted(TEXT_CONFIGS), default="3b", help="text config (default 3b)")
     p.add_argument("--layers", type=int, default=None,
-                   help="decoder layers kept (default: 18 of 36 for 3b, 8 of 28 for 7b)")
+                   help="decoder layers kept (default: 18 of 36 for 3b, 4 of 28 for 7b, which fit an H100; "
+                        "an H200 holds 7b with 8)")
     p.add_argument("--vision-depth", type=int, default=16, help="vision blocks kept (of 32; default 16)")
     p.add_argument("--prompts", type=int, default=None, help="image prompts (default 16; toy 4)")
     p.add_argument("--samples", type=int, default=None, help="rollouts per prompt G (default 8; toy 4)")
@@ -281,7 +282,7 @@ def run(args: argparse.Namespace) -> dict:
     pick = lambda value, gpu, cpu: value if value is not None else (cpu if toy else gpu)  # noqa: E731
     n_prompts, G = pick(args.prompts, 16, 4), pick(args.samples, 8, 4)
     max_new, micro, train_batch = pick(args.max_new_tokens, 128, 12), pick(args.micro, 8, 4), pick(args.train_batch, 32, 8)
-    layers = args.layers if args.layers is not None else {"3b": 18, "7b": 8}[args.size]
+    layers = args.layers if args.layers is not None else {"3b": 18, "7b": 4}[args.size]
     image_size = pick(args.image_size, 448, 112)
 
     from spark_core.config import ModelConfig, SparkConfig, TrainConfig
@@ -363,6 +364,7 @@ def run(args: argparse.Namespace) -> dict:
     res["rollout"] = {"sequences": len(rows), "response_tokens": n_tokens, "seconds": seconds,
                       "tokens_per_s": n_tokens / seconds}
     with gathered(trainer):
+        trainer.module.eval()
         gap = logprob_gap(trainer, prompts, [r for r in rows if r["sample_index"] != 0], micro)
         planted = plant_worked_solutions(trainer, prompts, rows, micro)
     trainer.module.train()
