@@ -51,6 +51,12 @@ class SequenceBatch:
             d["image_grid_thw"] = self.image_grid_thw
         return d
 
+    def forward_inputs(self) -> dict:
+        """Keyword arguments of `ResponseLogprobs.forward` (tensors only, for DeepSpeed)."""
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
+                "response_mask": self.response_mask, "pixel_values": self.pixel_values,
+                "image_grid_thw": self.image_grid_thw}
+
     def to(self, device) -> "SequenceBatch":
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         return SequenceBatch(mv(self.input_ids), mv(self.attention_mask), mv(self.response_mask),
@@ -91,25 +97,76 @@ def build_batch(processor, prompt_rows: list[dict], prompt_ids: list[list[int]],
     return SequenceBatch(input_ids, attn, resp, pixel_values, grid)
 
 
-def response_logprobs(model, batch: SequenceBatch, temperature: float = 1.0) -> torch.Tensor:
-    """Log-probs of response tokens, shape [B, L] (zeros outside `response_mask`).
+def _targets(batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask over positions t-1 whose next token is a response token, those tokens)."""
+    target_mask = batch.response_mask[:, 1:].bool()
+    return target_mask, batch.input_ids[:, 1:][target_mask]
 
-    Position t's token is predicted from the hidden state at t-1.
-    """
-    inner = model.model
-    hidden = inner(**batch.model_inputs(inner.get_input_embeddings()), use_cache=False).last_hidden_state  # [B, L, H]
-    target_mask = batch.response_mask[:, 1:].bool()  # tokens t >= 1 that are response tokens
-    h = hidden[:, :-1][target_mask]  # [N, H]
-    targets = batch.input_ids[:, 1:][target_mask]  # [N]
-    logits = model.lm_head(h).float()
+
+def fp32_logits(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """LM-head logits computed in float32 from (possibly bf16) hidden states and weight.
+
+    In bf16 a logit of ~20 is only resolved to ~0.06, which becomes an error of that
+    size in every log-prob and in the PPO ratio; the matmul on the selected rows in
+    fp32 costs little since only response positions go through it."""
+    return torch.nn.functional.linear(h.float(), weight.float())
+
+
+def _logprobs_from_hidden(hidden: torch.Tensor, head, batch: SequenceBatch, temperature: float) -> torch.Tensor:
+    target_mask, targets = _targets(batch)
+    logits = head(hidden[:, :-1][target_mask])  # [N, V] float32
     if temperature != 1.0:
         logits = logits / temperature
-    lp = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)
+    # log p = logit - logsumexp: no second [N, V] tensor for log_softmax's output
+    lp = logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     out = torch.zeros(batch.input_ids.shape, dtype=lp.dtype, device=lp.device)
     full_mask = torch.zeros_like(batch.response_mask, dtype=torch.bool)
     full_mask[:, 1:] = target_mask
     out[full_mask] = lp
     return out
+
+
+def response_logprobs(model, batch: SequenceBatch, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probs of response tokens of a Hugging Face Qwen2.5-VL, shape [B, L], float32
+    (zeros outside `response_mask`). Position t's token is predicted from the hidden
+    state at t-1. (The trainer runs the same computation through `ResponseLogprobs`.)"""
+    if isinstance(model, ResponseLogprobs):
+        return model(**batch.forward_inputs(), temperature=temperature)
+    inner = model.model
+    hidden = inner(**batch.model_inputs(inner.get_input_embeddings()), use_cache=False).last_hidden_state  # [B, L, H]
+    return _logprobs_from_hidden(hidden, lambda h: fp32_logits(h, model.lm_head.weight), batch, temperature)
+
+
+class _Fp32Head(torch.nn.Module):
+    """The policy's LM head (the same Parameter, shared) applied in float32. As a module
+    of its own, DeepSpeed ZeRO-3 gathers the weight for it like for any layer."""
+
+    def __init__(self, lm_head: torch.nn.Linear):
+        super().__init__()
+        self.weight = lm_head.weight
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return fp32_logits(h, self.weight)
+
+
+class ResponseLogprobs(torch.nn.Module):
+    """A Qwen2.5-VL whose forward returns response log-probs.
+
+    The trainer hands this module to deepspeed.initialize, so the whole forward (vision
+    tower, decoder, LM head) runs through the engine: ZeRO-3 sees every submodule call
+    and can prefetch the next layer's shards."""
+
+    def __init__(self, policy: torch.nn.Module):
+        super().__init__()
+        self.policy = policy
+        self.head = _Fp32Head(policy.lm_head)
+
+    def forward(self, input_ids, attention_mask, response_mask, pixel_values=None, image_grid_thw=None,
+                temperature: float = 1.0) -> torch.Tensor:
+        batch = SequenceBatch(input_ids, attention_mask, response_mask, pixel_values, image_grid_thw)
+        inner = self.policy.model
+        hidden = inner(**batch.model_inputs(inner.get_input_embeddings()), use_cache=False).last_hidden_state
+        return _logprobs_from_hidden(hidden, self.head, batch, temperature)
 
 
 def gather_response(values: torch.Tensor, batch: SequenceBatch) -> list[list[float]]:

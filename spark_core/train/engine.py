@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from spark_core.config import SparkConfig, total_optimizer_steps, validate_train_batch
 from spark_core.model.loading import load_model, load_processor, save_checkpoint, save_processor
-from spark_core.model.logprobs import build_batch, response_logprobs
+from spark_core.model.logprobs import ResponseLogprobs, build_batch
 from spark_core.train import collectives as comm
 from spark_core.train.grpo import grpo_loss, group_advantages, lr_at
 
@@ -100,11 +100,12 @@ def init_distributed() -> DistInfo:
                     f"cuda:{local}" if cuda else "cpu")
 
 
-def deepspeed_config(cfg: SparkConfig, world: int) -> dict:
+def deepspeed_config(cfg: SparkConfig, world: int, cuda: bool | None = None) -> dict:
     t = cfg.train
     ga = validate_train_batch(t, world)
-    cuda = torch.cuda.is_available()
-    return {
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    bf16 = bool(t.bf16 and cuda)
+    ds = {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": ga,
         "gradient_clipping": t.grad_clip,
@@ -113,7 +114,7 @@ def deepspeed_config(cfg: SparkConfig, world: int) -> dict:
         # relies on this to skip bad steps.
         "zero_optimization": {"stage": t.zero_stage, "overlap_comm": cuda, "contiguous_gradients": True,
                               "compute_grad_norm": True},
-        "bf16": {"enabled": bool(t.bf16 and cuda), "check_grad_overflow": True},
+        "bf16": {"enabled": bf16, "check_grad_overflow": True},
         "optimizer": {
             "type": "AdamW",
             "params": {"lr": t.lr, "betas": list(t.adam_betas), "weight_decay": t.weight_decay,
@@ -123,6 +124,13 @@ def deepspeed_config(cfg: SparkConfig, world: int) -> dict:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+    if bf16:
+        # bf16 weights and activations, but gradients are summed over micro-batches and
+        # reduced over ranks in fp32: a bf16 sum of 64 samples' gradients keeps ~3
+        # significant digits, and at lr 5e-7 the update is mostly that rounding noise.
+        ds["communication_data_type"] = "fp32"
+        ds["data_types"] = {"grad_accum_dtype": "fp32"}
+    return ds
 
 
 def _read_state(state_dir: str | None) -> dict:
@@ -264,11 +272,15 @@ class GRPOTrainer:
             model.gradient_checkpointing_enable()
         self.ref = None
         if cfg.train.kl_coef > 0:
-            self.ref = load_model(ref_dir, cfg.model, device=self.dist.device)
-            self.ref.requires_grad_(False)
+            ref = load_model(ref_dir, cfg.model, device=self.dist.device)
+            ref.requires_grad_(False)
+            self.ref = ResponseLogprobs(ref)
         self.ds_config = deepspeed_config(cfg, self.dist.world)
-        self.engine, *_ = deepspeed.initialize(model=model,
-                                               model_parameters=[p for p in model.parameters() if p.requires_grad],
+        # The engine wraps a module whose forward returns response log-probs, so every
+        # forward goes through DeepSpeed (ZeRO-3 gathers and prefetches shards in its hooks).
+        net = ResponseLogprobs(model)
+        self.engine, *_ = deepspeed.initialize(model=net,
+                                               model_parameters=[p for p in net.parameters() if p.requires_grad],
                                                config=self.ds_config)
         self.state_in = state_in
         self.global_step = int(_read_state(state_in).get("global_step", 0))
@@ -281,7 +293,7 @@ class GRPOTrainer:
     @property
     def module(self) -> torch.nn.Module:
         """The live policy (a Hugging Face model), e.g. for generation between passes."""
-        return self.engine.module
+        return self.engine.module.policy
 
     # ---- one pass -------------------------------------------------------------------
     def train_pass(self, prompts: list[dict], scored: list[dict], phase: str,
@@ -351,7 +363,7 @@ class GRPOTrainer:
                     batch = build_batch(self.processor, [by_id[r["prompt_id"]] for r in rows],
                                         [list(r["prompt_token_ids"]) for r in rows],
                                         [list(r["response_token_ids"]) for r in rows]).to(dist.device)
-                    logp = response_logprobs(engine.module, batch)
+                    logp = engine(**batch.forward_inputs())
                     old = torch.zeros_like(logp)
                     mask = batch.response_mask.bool()
                     old[mask] = torch.tensor([x for r in rows for x in r["old_logprobs"]], dtype=old.dtype,
@@ -359,7 +371,7 @@ class GRPOTrainer:
                     ref_lp = None
                     if self.ref is not None:
                         with torch.no_grad():
-                            ref_lp = response_logprobs(self.ref, batch)
+                            ref_lp = self.ref(**batch.forward_inputs())
                     a = torch.tensor([adv[i] for i in ids], device=logp.device)
                     loss, st = grpo_loss(logp, old, ref_lp, a, batch.response_mask, cfg.train.eps_clip,
                                          cfg.train.kl_coef)
@@ -448,7 +460,8 @@ class GRPOTrainer:
         (every rank must call it: under ZeRO-3 the weights are gathered from all)."""
         sd = self.engine._zero3_consolidated_16bit_state_dict() if self.cfg.train.zero_stage == 3 else None
         if self.dist.rank == 0:
-            if sd is not None:
+            if sd is not None:  # the wrapper's keys: keep the policy's, without the prefix
+                sd = {k[len("policy."):]: v for k, v in sd.items() if k.startswith("policy.")}
                 self.module.save_pretrained(out_dir, state_dict=sd, safe_serialization=True)
                 save_processor(self.processor, out_dir)
             else:
