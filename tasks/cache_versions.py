@@ -39,15 +39,15 @@ import sys
 # stage's sources had changed since "1"). Note why when bumping, e.g. `"rollout": "3",  # 3: top-p fixed`.
 # 3 (all stages): config gained tensor-parallel rollouts for the 32b preset
 CACHE_VERSIONS = {
-    "data": "4",  # 4: ViRL39K release and Hub Parquet forms
+    "data": "4",  # 4: ViRL39K forms in the loader
     "base_model": "4",  # 4: vision ids in responses (log-prob pass)
-    "bootstrap": "6",  # 5: vision ids in responses (log-prob pass); 6: ViRL39K forms in the loader
+    "bootstrap": "5",  # 5: loader and log-prob changes
     "judge_eval_set": "7",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: explicit sampling knobs
     "select_prompts": "4",  # 4: ViRL39K forms in the loader
     "rollout": "4",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
-    "reward": "3",
-    "recycle": "4",
-    "update": "6",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: vision ids in responses
+    "reward": "4",  # 4: config: train batch validated
+    "recycle": "5",  # 5: config: train batch validated
+    "update": "6",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: trainer and log-prob changes of issue 9
     "evaluate": "5",  # 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
 }
 
@@ -90,7 +90,7 @@ STAGE_SOURCES: dict[str, list[str]] = {
     "reward": _COMMON + ["tasks/reward.py", "spark_core/reward/*.py"],
     "recycle": _COMMON + ["tasks/recycle.py", "spark_core/recycle/*.py"],
     "update": _COMMON + ["tasks/update.py", "spark_core/train/__init__.py", "spark_core/train/engine.py",
-                         "spark_core/train/grpo.py"] + _MODEL,
+                         "spark_core/train/grpo.py", "spark_core/train/collectives.py"] + _MODEL,
 }
 
 
