@@ -154,15 +154,17 @@ def partitioned_numel(p) -> int:
 
 
 def gathered(trainer):
-    """All ZeRO-3 partitions gathered for the time of a rollout (fast generation);
-    a no-op below stage 3."""
+    """The policy's ZeRO-3 partitions gathered, and DeepSpeed's module hooks lifted, for the
+    time of a rollout: generation then runs on plain full weights (fast, and code that reads
+    a weight outside its module's forward, like the LM head in fp32, sees it whole).
+    A no-op below stage 3."""
     import contextlib
 
     if trainer.cfg.train.zero_stage != 3:
         return contextlib.nullcontext()
-    import deepspeed
+    from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
 
-    return deepspeed.zero.GatheredParameters(list(trainer.module.parameters()), modifier_rank=None)
+    return unwrap_model_for_generation(trainer.engine)
 
 
 def sync():
@@ -463,9 +465,20 @@ def table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def free_port() -> str:
+    """A TCP port nothing listens on now, for the single-process group's rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if "MASTER_PORT" not in os.environ and "RANK" not in os.environ:
+        os.environ["MASTER_PORT"] = free_port()
     res = run(args)
     print(table(res), flush=True)
     if args.json:
