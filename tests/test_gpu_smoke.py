@@ -42,3 +42,46 @@ def test_gpu_smoke_runs_at_toy_size(tmp_path):
     assert res["resume"]["global_step"] == res["update"]["steps"] + res["resume"]["steps"]
     assert res["all_losses_finite"] is True and all(math.isfinite(x) for x in res["losses"])
     assert sum(res["recycled"].values()) > 0
+
+
+def _smoke_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_smoke", os.path.join(ROOT, "benchmarks", "gpu_smoke.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("size, billions", [("3b", 3.75), ("7b", 8.29)])
+def test_real_width_configs_have_the_published_sizes(size, billions):
+    # built on the meta device: the full configs have Qwen2.5-VL-3B/7B-Instruct's parameter counts
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    smoke = _smoke_module()
+    cfg, full = smoke.real_width_config(size, 99, 99)
+    assert cfg.text_config.num_hidden_layers == full and cfg.vision_config.depth == 32
+    with torch.device("meta"):
+        model = Qwen2_5_VLForConditionalGeneration(cfg)
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, rel=0.005)
+    cut, _ = smoke.real_width_config(size, 3, 5)
+    assert cut.text_config.num_hidden_layers == 3 and cut.vision_config.depth == 5
+    assert cut.vision_config.fullatt_block_indexes == [4] and cut.vision_config.out_hidden_size == cut.text_config.hidden_size
+
+
+def test_real_width_model_dir_loads_and_generates(tmp_path):
+    # the smoke's model directory at 3B width, cut to one layer and one vision block, on CPU
+    from spark_core.config import ModelConfig
+    from spark_core.data import generate
+    from spark_core.rollout.base import SamplingSpec
+    from spark_core.rollout.hf import HFBackend
+
+    smoke = _smoke_module()
+    cfg = ModelConfig(path=str(tmp_path / "m"), dtype="bfloat16")
+    info = smoke.build_real_width(cfg.path, "3b", 1, 1, cfg, "cpu")
+    assert info == {"text_layers": "1/36", "vision_blocks": "1/32"}
+    backend = HFBackend(cfg.path, cfg, device="cpu")
+    assert backend.model.config.text_config.hidden_size == 2048 and backend.model.dtype.is_floating_point
+    (s,) = backend.generate(generate(1, seed=0), SamplingSpec(n=1, temperature=0.0, max_new_tokens=2))
+    assert len(s.response_token_ids) >= 1 and len(s.logprobs) == len(s.response_token_ids)
