@@ -236,6 +236,20 @@ def _save_resume(ck: StepCheckpoints, dist: DistInfo, engine, state: dict) -> No
     comm.barrier()
 
 
+def _rollout_logprobs(row: dict, required: bool) -> list[float] | None:
+    """The rollout engine's per-token log-probs of a scored row (None when it has none)."""
+    lp = row.get("old_logprobs")
+    n = len(row["response_token_ids"])
+    if lp is None or (len(lp) == 0 and n > 0):
+        if required:
+            raise ValueError(f"train.tis_cap needs the rollout's log-probs, but a row of prompt "
+                             f"{row['prompt_id']} has none")
+        return None
+    if len(lp) != n:
+        raise ValueError(f"a rollout of prompt {row['prompt_id']} has {len(lp)} log-probs for {n} response tokens")
+    return [float(x) for x in lp]
+
+
 def _plan_steps(n: int, micro: int, ga: int, world: int) -> list[list[list[int]]]:
     """Sample indices for each (step, rank) as `ga` micro-batches; every rank gets the
     same number of micro-batches so collectives stay in lockstep."""
@@ -324,6 +338,25 @@ class GRPOTrainer:
         done = 0  # optimizer steps of this pass already taken by an earlier attempt
         key = _pass_key(phase, start_step, scored, dist.world, cfg.train.ppo_epochs)
         resume = _find_resume(checkpoints, dist, key) if checkpoints is not None else None
+        ga = self.ds_config["gradient_accumulation_steps"]
+        plan = _plan_steps(len(order), cfg.train.micro_batch_size, ga, dist.world)
+        n_pass = len(plan) * cfg.train.ppo_epochs
+
+        def micro_batch(micro: list[int]):
+            """(sample indices, weight, batch on the device) of one micro-batch of the plan."""
+            weight = 1.0
+            if not micro:  # an empty share of the last step: keep lockstep, contribute nothing
+                micro, weight = [0], 0.0
+            ids = [order[i] for i in micro]
+            rows = [scored[i] for i in ids]
+            batch = build_batch(self.processor, [by_id[r["prompt_id"]] for r in rows],
+                                [list(r["prompt_token_ids"]) for r in rows],
+                                [list(r["response_token_ids"]) for r in rows]).to(dist.device)
+            return ids, weight, batch
+
+        # pi_old: recomputed with the trainer's own model at the start of the pass (before
+        # any resume checkpoint is loaded, so a resumed pass sees the same values).
+        old_lp, gap = self._behaviour_logprobs(plan, micro_batch, scored)
         if resume is not None:
             _, client = engine.load_checkpoint(resume["load_dir"], tag=resume["tag"], load_module_strict=True,
                                                load_optimizer_states=True, load_lr_scheduler_states=False)
@@ -342,9 +375,6 @@ class GRPOTrainer:
                 log.warning("update[%s]: resuming after %d finished optimizer steps (global step %d)", phase, done,
                             global_step)
 
-        ga = self.ds_config["gradient_accumulation_steps"]
-        plan = _plan_steps(len(order), cfg.train.micro_batch_size, ga, dist.world)
-        n_pass = len(plan) * cfg.train.ppo_epochs
         k = 0  # optimizer steps of this pass, 1-based once taken
         for _ in range(cfg.train.ppo_epochs):
             for step_plan in tqdm(plan, desc=f"update[{phase}]", disable=dist.rank != 0):
@@ -355,26 +385,24 @@ class GRPOTrainer:
                 stats_acc: list[dict] = []
                 step_bad = False
                 for micro in step_plan[dist.rank]:
-                    weight = 1.0
-                    if not micro:  # an empty share of the last step: keep lockstep, contribute nothing
-                        micro, weight = [0], 0.0
-                    ids = [order[i] for i in micro]
-                    rows = [scored[i] for i in ids]
-                    batch = build_batch(self.processor, [by_id[r["prompt_id"]] for r in rows],
-                                        [list(r["prompt_token_ids"]) for r in rows],
-                                        [list(r["response_token_ids"]) for r in rows]).to(dist.device)
+                    ids, weight, batch = micro_batch(micro)
                     logp = engine(**batch.forward_inputs())
-                    old = torch.zeros_like(logp)
                     mask = batch.response_mask.bool()
-                    old[mask] = torch.tensor([x for r in rows for x in r["old_logprobs"]], dtype=old.dtype,
-                                             device=old.device)
+                    old = torch.zeros_like(logp)
+                    old[mask] = torch.cat([old_lp[i] for i in ids])
+                    is_weight = None
+                    if cfg.train.tis_cap > 0:  # truncated importance sampling: pi_old(trainer) / pi(rollout engine)
+                        rollout = torch.zeros_like(logp)
+                        rollout[mask] = torch.tensor([x for i in ids for x in _rollout_logprobs(scored[i], True)],
+                                                     dtype=logp.dtype, device=logp.device)
+                        is_weight = torch.exp(old - rollout).clamp(max=cfg.train.tis_cap) * mask
                     ref_lp = None
                     if self.ref is not None:
                         with torch.no_grad():
                             ref_lp = self.ref(**batch.forward_inputs())
                     a = torch.tensor([adv[i] for i in ids], device=logp.device)
                     loss, st = grpo_loss(logp, old, ref_lp, a, batch.response_mask, cfg.train.eps_clip,
-                                         cfg.train.kl_coef)
+                                         cfg.train.kl_coef, is_weight=is_weight)
                     if global_step in fault_steps:
                         loss = loss * float("nan")
                     if global_step in grad_fault_steps:  # sqrt'(0) is inf, times 0 is NaN: value 0, gradient NaN
@@ -438,10 +466,44 @@ class GRPOTrainer:
             "lr": steps_log[-1]["lr"] if steps_log else 0.0,
             "global_step": global_step,
             "resumed_steps": done,
+            # |log pi_old(trainer) - log pi(rollout engine)| over the pass's response tokens
+            "rollout_logprob_gap_mean": gap[0],
+            "rollout_logprob_gap_max": gap[1],
             "seconds": time.time() - t0,
             "world_size": dist.world,
             "step_log": steps_log,
         }
+
+    @torch.no_grad()
+    def _behaviour_logprobs(self, plan, micro_batch, scored: list[dict]) -> tuple[dict[int, torch.Tensor], tuple]:
+        """Log-probs of every sample's response under the current weights, computed with
+        the same micro-batches as the update (so the first step's ratio is exactly 1),
+        and the (mean, max) gap to the rollout engine's log-probs over all ranks."""
+        net = self.engine.module
+        was_training = net.training
+        net.eval()  # no dropout in Qwen2.5-VL; eval only skips gradient checkpointing here
+        out: dict[int, torch.Tensor] = {}
+        total = count = 0.0
+        worst = 0.0
+        try:
+            for step_plan in tqdm(plan, desc="old log-probs", disable=self.dist.rank != 0):
+                for micro in step_plan[self.dist.rank]:
+                    ids, weight, batch = micro_batch(micro)
+                    lp = self.engine(**batch.forward_inputs())
+                    for row, i in enumerate(ids):
+                        out[i] = lp[row][batch.response_mask[row].bool()].detach()
+                        ref = _rollout_logprobs(scored[i], False)
+                        if weight and ref is not None:
+                            d = (out[i].double() - torch.tensor(ref, dtype=torch.float64, device=lp.device)).abs()
+                            total += float(d.sum())
+                            count += d.numel()
+                            worst = max(worst, float(d.max())) if d.numel() else worst
+        finally:
+            net.train(was_training)
+        total, count = comm.all_reduce_values([total, count], op=comm.ReduceOp.SUM)
+        worst, = comm.all_reduce_values([worst], op=comm.ReduceOp.MAX)
+        gap = (total / count, worst) if count else (float("nan"), float("nan"))
+        return out, gap
 
     def _clear_checkpoints(self, checkpoints: StepCheckpoints) -> None:
         """The pass is complete: its resume files are not needed."""

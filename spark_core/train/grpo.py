@@ -42,17 +42,21 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, eps_clip: float = 0.2,
-              kl_coef: float = 0.001) -> tuple[torch.Tensor, dict[str, float]]:
+              kl_coef: float = 0.001, is_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Token-level masked mean over the micro-batch of the clipped surrogate plus KL.
 
     Shapes: logp/old_logp/ref_logp/mask [B, T]; advantages [B] (one value per sample,
-    applied to every token, as the reward is terminal and gamma is 1).
+    applied to every token, as the reward is terminal and gamma is 1). `is_weight`
+    [B, T], if given, multiplies each token's surrogate (truncated importance sampling
+    from the rollout engine's distribution to the trainer's; no gradient through it).
     """
     adv = advantages[:, None].to(logp.dtype)
     ratio = torch.exp(logp - old_logp)
     surr1 = ratio * adv
     surr2 = ratio.clamp(1.0 - eps_clip, 1.0 + eps_clip) * adv
     pg = -torch.min(surr1, surr2)
+    if is_weight is not None:
+        pg = pg * is_weight.detach().to(pg.dtype)
     pg_loss = masked_mean(pg, mask)
     loss = pg_loss
     kl_val = torch.zeros((), dtype=logp.dtype)
