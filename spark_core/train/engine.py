@@ -384,6 +384,11 @@ class GRPOTrainer:
                 lr = lr_at(global_step, self.total_steps, cfg.train.lr, cfg.train.warmup_ratio, cfg.train.min_lr_ratio)
                 stats_acc: list[dict] = []
                 step_bad = False
+                # SPARK's token mean is over the optimizer step: every micro-batch's token sum
+                # is divided by the step's response-token count over all micro-batches and ranks
+                step_tokens, = comm.all_reduce_values(
+                    [float(sum(len(scored[order[i]]["response_token_ids"]) for m in step_plan[dist.rank] for i in m))],
+                    op=comm.ReduceOp.SUM)
                 for micro in step_plan[dist.rank]:
                     ids, weight, batch = micro_batch(micro)
                     logp = engine(**batch.forward_inputs())
@@ -402,7 +407,7 @@ class GRPOTrainer:
                             ref_lp = self.ref(**batch.forward_inputs())
                     a = torch.tensor([adv[i] for i in ids], device=logp.device)
                     loss, st = grpo_loss(logp, old, ref_lp, a, batch.response_mask, cfg.train.eps_clip,
-                                         cfg.train.kl_coef, is_weight=is_weight)
+                                         cfg.train.kl_coef, is_weight=is_weight, denom=step_tokens)
                     if global_step in fault_steps:
                         loss = loss * float("nan")
                     if global_step in grad_fault_steps:  # sqrt'(0) is inf, times 0 is NaN: value 0, gradient NaN
@@ -411,14 +416,18 @@ class GRPOTrainer:
                     finite, = comm.all_reduce_values([1.0 if torch.isfinite(loss) else 0.0], op=comm.ReduceOp.MIN)
                     if finite < 1.0:
                         step_bad = True
-                        st = {k: float("nan") for k in st}
+                        st = {k: (v if k == "tokens" else float("nan")) for k, v in st.items()}
                     if step_bad:
                         # Poison the step's gradient on every rank: DeepSpeed then takes its own
                         # overflow path, which drops the gradient and leaves the weights, Adam's
                         # moments and its step count untouched (lr 0 would still move the moments).
                         loss = loss * float("nan")
-                    engine.backward(loss * weight)
-                    stats_acc.append(st | {"loss": float("nan") if step_bad else float(loss.detach())})
+                    # DeepSpeed averages gradients over the data-parallel ranks: x world undoes
+                    # that (the loss is already normalised by the step's global token count),
+                    # and scale_wrt_gas=False keeps it from dividing by the accumulation steps.
+                    engine.backward(loss * (weight * dist.world), scale_wrt_gas=False)
+                    if weight:
+                        stats_acc.append(st)
                     for g in engine.optimizer.param_groups:
                         g["lr"] = lr
                     engine.step()
@@ -430,7 +439,9 @@ class GRPOTrainer:
                     raise RuntimeError(f"global step {global_step} had a non-finite loss but DeepSpeed applied it "
                                        f"(gradient norm {grad_norm}); refusing to continue with corrupted weights")
                 bad_run = bad_run + 1 if step_bad else 0
-                mean = lambda k: float(sum(s[k] for s in stats_acc) / max(1, len(stats_acc)))  # noqa: E731
+                n_tok = sum(s["tokens"] for s in stats_acc)
+                mean = lambda k: (float("nan") if step_bad or not n_tok  # noqa: E731
+                                  else float(sum(s[k] * s["tokens"] for s in stats_acc) / n_tok))
                 steps_log.append({"step": global_step, "phase": phase, "loss": mean("loss"),
                                   "pg_loss": mean("pg_loss"), "kl": mean("kl"), "clip_frac": mean("clip_frac"),
                                   "grad_norm": grad_norm, "lr": 0.0 if step_bad else lr, "skipped": step_bad})
