@@ -133,6 +133,14 @@ def deepspeed_config(cfg: SparkConfig, world: int, cuda: bool | None = None) -> 
     return ds
 
 
+def reference_config(ds_config: dict) -> dict:
+    """DeepSpeed config of the frozen reference: the policy's, without an optimizer."""
+    ref = {k: v for k, v in ds_config.items()
+           if k not in ("optimizer", "gradient_clipping", "zero_allow_untested_optimizer")}
+    ref["zero_optimization"] = {"stage": ds_config["zero_optimization"]["stage"]}
+    return ref
+
+
 def _read_state(state_dir: str | None) -> dict:
     if state_dir and os.path.exists(os.path.join(state_dir, STATE_FILE)):
         return json.load(open(os.path.join(state_dir, STATE_FILE)))
@@ -281,15 +289,22 @@ class GRPOTrainer:
         validate_train_batch(cfg.train, self.dist.world)  # before any model is built
         torch.manual_seed(cfg.train.seed)
         self.processor = load_processor(model_dir, cfg.model)
-        model = load_model(model_dir, cfg.model, device=self.dist.device, for_training=True)
+        self.ds_config = deepspeed_config(cfg, self.dist.world)
+        # ZeRO-3: policy and reference are built partitioned (no rank holds a whole model)
+        zero3 = self.ds_config if cfg.train.zero_stage == 3 else None
+        model = load_model(model_dir, cfg.model, device=self.dist.device, for_training=True, zero3_config=zero3)
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.ref = None
         if cfg.train.kl_coef > 0:
-            ref = load_model(ref_dir, cfg.model, device=self.dist.device)
+            ref_cfg = reference_config(self.ds_config)
+            ref = load_model(ref_dir, cfg.model, device=self.dist.device,
+                             zero3_config=ref_cfg if zero3 is not None else None)
             ref.requires_grad_(False)
-            self.ref = ResponseLogprobs(ref)
-        self.ds_config = deepspeed_config(cfg, self.dist.world)
+            self.ref = ResponseLogprobs(ref).eval()
+            if zero3 is not None:  # an engine without optimizer keeps the reference sharded
+                self.ref, *_ = deepspeed.initialize(model=self.ref, config=ref_cfg)
+                self.ref.eval()
         # The engine wraps a module whose forward returns response log-probs, so every
         # forward goes through DeepSpeed (ZeRO-3 gathers and prefetches shards in its hooks).
         net = ResponseLogprobs(model)
@@ -306,7 +321,9 @@ class GRPOTrainer:
 
     @property
     def module(self) -> torch.nn.Module:
-        """The live policy (a Hugging Face model), e.g. for generation between passes."""
+        """The live policy (a Hugging Face model), e.g. for generation between passes.
+        Under ZeRO-3 its parameters are shards: generate with synced_gpus=True when the
+        world has more than one rank."""
         return self.engine.module.policy
 
     # ---- one pass -------------------------------------------------------------------
