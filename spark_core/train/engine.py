@@ -84,6 +84,9 @@ def init_distributed() -> DistInfo:
     import deepspeed
 
     cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:  # before the process group exists: NCCL binds each rank to the current device
+        torch.cuda.set_device(local)
     if not torch.distributed.is_initialized():
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
@@ -93,9 +96,6 @@ def init_distributed() -> DistInfo:
         # NCCL collectives that hang after a peer dies must fail instead of blocking forever.
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", timeout=timedelta(minutes=30))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda:
-        torch.cuda.set_device(local)
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local,
                     f"cuda:{local}" if cuda else "cpu")
 
