@@ -126,6 +126,10 @@ class TrainConfig:
     bf16: bool = False
     gradient_checkpointing: bool = False
     max_bad_steps: int = 3  # consecutive non-finite steps that stop the run
+    # pi_old is recomputed by the trainer; the rollout engine's log-probs only serve to log
+    # their gap and, when tis_cap > 0, for truncated importance sampling: each token's
+    # surrogate is weighted by min(pi_old_trainer / pi_rollout, tis_cap) (e.g. 2.0). Off: 0.
+    tis_cap: float = 0.0
     seed: int = 42
 
 

@@ -130,3 +130,19 @@ def test_total_steps_follow_the_world_size():
     assert total_optimizer_steps(cfg, world=2) == cfg.epochs * 2 * -(-n // 16)
     with pytest.raises(ValueError):
         total_optimizer_steps(cfg, world=3)
+
+
+def test_importance_weight_scales_each_token_surrogate():
+    logp = torch.tensor([[-1.0, -2.0], [-0.5, -0.7]])
+    old = torch.tensor([[-1.1, -2.0], [-0.5, -0.2]])
+    mask = torch.tensor([[1, 1], [1, 0]])
+    adv = torch.tensor([1.0, -1.0])
+    w = torch.tensor([[2.0, 0.5], [1.0, 3.0]])
+    _, plain = grpo_loss(logp, old, None, adv, mask, kl_coef=0.0)
+    _, st = grpo_loss(logp, old, None, adv, mask, kl_coef=0.0, is_weight=w)
+    ratio = torch.exp(logp - old)
+    per_tok = [-min(ratio[0, 0] * 1, ratio[0, 0].clamp(0.8, 1.2) * 1) * 2.0,
+               -min(ratio[0, 1] * 1, ratio[0, 1].clamp(0.8, 1.2) * 1) * 0.5,
+               -min(ratio[1, 0] * -1, ratio[1, 0].clamp(0.8, 1.2) * -1) * 1.0]
+    assert st["pg_loss"] == pytest.approx(float(sum(per_tok) / 3), rel=1e-6)
+    assert st["pg_loss"] != pytest.approx(plain["pg_loss"])

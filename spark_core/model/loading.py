@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+from contextlib import contextmanager
 
 from spark_core.config import ModelConfig
 
@@ -106,7 +107,40 @@ def check_safetensors(model_dir: str) -> None:
         raise CheckpointError(f"{model_dir!r} has no .safetensors weights{hint}")
 
 
-def load_model(model_dir: str, cfg: ModelConfig, *, device: str = "cpu", for_training: bool = False):
+class _ZeRO3Marker:
+    """What transformers reads of a DeepSpeed config to build a model partitioned.
+
+    transformers' own HfDeepSpeedConfig does the same but needs `accelerate`, which the
+    trainer images do not carry; from_pretrained only asks `is_zero3()` and `config`."""
+
+    def __init__(self, ds_config: dict):
+        self.config = ds_config
+
+    def is_zero3(self) -> bool:
+        return True
+
+
+@contextmanager
+def zero3_partitioned_init(ds_config: dict):
+    """Inside, from_pretrained builds the model under deepspeed.zero.Init: each parameter
+    is partitioned over the ranks as it is created and the checkpoint is loaded shard by
+    shard, so no rank ever holds the whole model. Unset on exit, so models loaded later
+    in the same process (e.g. for rollouts) are built whole again."""
+    from transformers.integrations import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    marker = _ZeRO3Marker(ds_config)
+    set_hf_deepspeed_config(marker)
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+
+
+def load_model(model_dir: str, cfg: ModelConfig, *, device: str = "cpu", for_training: bool = False,
+               zero3_config: dict | None = None):
+    """A Qwen2.5-VL from a safetensors directory. With `zero3_config` (a DeepSpeed config
+    of ZeRO stage 3) the model is built partitioned over the ranks (see
+    zero3_partitioned_init) and `device` is ignored: its shards are on the accelerator."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
@@ -118,14 +152,13 @@ def load_model(model_dir: str, cfg: ModelConfig, *, device: str = "cpu", for_tra
             import flash_attn  # noqa: F401
         except ImportError:
             attn = "sdpa"
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        model_dir,
-        dtype=dtype,
-        attn_implementation=attn,
-        use_safetensors=True,
-        trust_remote_code=cfg.trust_remote_code,
-    )
-    model.to(device)
+    kwargs = dict(dtype=dtype, attn_implementation=attn, use_safetensors=True, trust_remote_code=cfg.trust_remote_code)
+    if zero3_config is not None:
+        with zero3_partitioned_init(zero3_config):
+            model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, **kwargs)
+    else:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, **kwargs)
+        model.to(device)
     model.train(for_training)
     return model
 

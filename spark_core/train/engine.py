@@ -84,6 +84,9 @@ def init_distributed() -> DistInfo:
     import deepspeed
 
     cuda = torch.cuda.is_available()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:  # before the process group exists: NCCL binds each rank to the current device
+        torch.cuda.set_device(local)
     if not torch.distributed.is_initialized():
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
@@ -93,9 +96,6 @@ def init_distributed() -> DistInfo:
         # NCCL collectives that hang after a peer dies must fail instead of blocking forever.
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
         deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", timeout=timedelta(minutes=30))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if cuda:
-        torch.cuda.set_device(local)
     return DistInfo(torch.distributed.get_rank(), torch.distributed.get_world_size(), local,
                     f"cuda:{local}" if cuda else "cpu")
 
@@ -131,6 +131,14 @@ def deepspeed_config(cfg: SparkConfig, world: int, cuda: bool | None = None) -> 
         ds["communication_data_type"] = "fp32"
         ds["data_types"] = {"grad_accum_dtype": "fp32"}
     return ds
+
+
+def reference_config(ds_config: dict) -> dict:
+    """DeepSpeed config of the frozen reference: the policy's, without an optimizer."""
+    ref = {k: v for k, v in ds_config.items()
+           if k not in ("optimizer", "gradient_clipping", "zero_allow_untested_optimizer")}
+    ref["zero_optimization"] = {"stage": ds_config["zero_optimization"]["stage"]}
+    return ref
 
 
 def _read_state(state_dir: str | None) -> dict:
@@ -236,6 +244,20 @@ def _save_resume(ck: StepCheckpoints, dist: DistInfo, engine, state: dict) -> No
     comm.barrier()
 
 
+def _rollout_logprobs(row: dict, required: bool) -> list[float] | None:
+    """The rollout engine's per-token log-probs of a scored row (None when it has none)."""
+    lp = row.get("old_logprobs")
+    n = len(row["response_token_ids"])
+    if lp is None or (len(lp) == 0 and n > 0):
+        if required:
+            raise ValueError(f"train.tis_cap needs the rollout's log-probs, but a row of prompt "
+                             f"{row['prompt_id']} has none")
+        return None
+    if len(lp) != n:
+        raise ValueError(f"a rollout of prompt {row['prompt_id']} has {len(lp)} log-probs for {n} response tokens")
+    return [float(x) for x in lp]
+
+
 def _plan_steps(n: int, micro: int, ga: int, world: int) -> list[list[list[int]]]:
     """Sample indices for each (step, rank) as `ga` micro-batches; every rank gets the
     same number of micro-batches so collectives stay in lockstep."""
@@ -267,15 +289,22 @@ class GRPOTrainer:
         validate_train_batch(cfg.train, self.dist.world)  # before any model is built
         torch.manual_seed(cfg.train.seed)
         self.processor = load_processor(model_dir, cfg.model)
-        model = load_model(model_dir, cfg.model, device=self.dist.device, for_training=True)
+        self.ds_config = deepspeed_config(cfg, self.dist.world)
+        # ZeRO-3: policy and reference are built partitioned (no rank holds a whole model)
+        zero3 = self.ds_config if cfg.train.zero_stage == 3 else None
+        model = load_model(model_dir, cfg.model, device=self.dist.device, for_training=True, zero3_config=zero3)
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         self.ref = None
         if cfg.train.kl_coef > 0:
-            ref = load_model(ref_dir, cfg.model, device=self.dist.device)
+            ref_cfg = reference_config(self.ds_config)
+            ref = load_model(ref_dir, cfg.model, device=self.dist.device,
+                             zero3_config=ref_cfg if zero3 is not None else None)
             ref.requires_grad_(False)
-            self.ref = ResponseLogprobs(ref)
-        self.ds_config = deepspeed_config(cfg, self.dist.world)
+            self.ref = ResponseLogprobs(ref).eval()
+            if zero3 is not None:  # an engine without optimizer keeps the reference sharded
+                self.ref, *_ = deepspeed.initialize(model=self.ref, config=ref_cfg)
+                self.ref.eval()
         # The engine wraps a module whose forward returns response log-probs, so every
         # forward goes through DeepSpeed (ZeRO-3 gathers and prefetches shards in its hooks).
         net = ResponseLogprobs(model)
@@ -292,7 +321,9 @@ class GRPOTrainer:
 
     @property
     def module(self) -> torch.nn.Module:
-        """The live policy (a Hugging Face model), e.g. for generation between passes."""
+        """The live policy (a Hugging Face model), e.g. for generation between passes.
+        Under ZeRO-3 its parameters are shards: generate with synced_gpus=True when the
+        world has more than one rank."""
         return self.engine.module.policy
 
     # ---- one pass -------------------------------------------------------------------
@@ -324,6 +355,25 @@ class GRPOTrainer:
         done = 0  # optimizer steps of this pass already taken by an earlier attempt
         key = _pass_key(phase, start_step, scored, dist.world, cfg.train.ppo_epochs)
         resume = _find_resume(checkpoints, dist, key) if checkpoints is not None else None
+        ga = self.ds_config["gradient_accumulation_steps"]
+        plan = _plan_steps(len(order), cfg.train.micro_batch_size, ga, dist.world)
+        n_pass = len(plan) * cfg.train.ppo_epochs
+
+        def micro_batch(micro: list[int]):
+            """(sample indices, weight, batch on the device) of one micro-batch of the plan."""
+            weight = 1.0
+            if not micro:  # an empty share of the last step: keep lockstep, contribute nothing
+                micro, weight = [0], 0.0
+            ids = [order[i] for i in micro]
+            rows = [scored[i] for i in ids]
+            batch = build_batch(self.processor, [by_id[r["prompt_id"]] for r in rows],
+                                [list(r["prompt_token_ids"]) for r in rows],
+                                [list(r["response_token_ids"]) for r in rows]).to(dist.device)
+            return ids, weight, batch
+
+        # pi_old: recomputed with the trainer's own model at the start of the pass (before
+        # any resume checkpoint is loaded, so a resumed pass sees the same values).
+        old_lp, gap = self._behaviour_logprobs(plan, micro_batch, scored)
         if resume is not None:
             _, client = engine.load_checkpoint(resume["load_dir"], tag=resume["tag"], load_module_strict=True,
                                                load_optimizer_states=True, load_lr_scheduler_states=False)
@@ -342,9 +392,6 @@ class GRPOTrainer:
                 log.warning("update[%s]: resuming after %d finished optimizer steps (global step %d)", phase, done,
                             global_step)
 
-        ga = self.ds_config["gradient_accumulation_steps"]
-        plan = _plan_steps(len(order), cfg.train.micro_batch_size, ga, dist.world)
-        n_pass = len(plan) * cfg.train.ppo_epochs
         k = 0  # optimizer steps of this pass, 1-based once taken
         for _ in range(cfg.train.ppo_epochs):
             for step_plan in tqdm(plan, desc=f"update[{phase}]", disable=dist.rank != 0):
@@ -354,27 +401,30 @@ class GRPOTrainer:
                 lr = lr_at(global_step, self.total_steps, cfg.train.lr, cfg.train.warmup_ratio, cfg.train.min_lr_ratio)
                 stats_acc: list[dict] = []
                 step_bad = False
+                # SPARK's token mean is over the optimizer step: every micro-batch's token sum
+                # is divided by the step's response-token count over all micro-batches and ranks
+                step_tokens, = comm.all_reduce_values(
+                    [float(sum(len(scored[order[i]]["response_token_ids"]) for m in step_plan[dist.rank] for i in m))],
+                    op=comm.ReduceOp.SUM)
                 for micro in step_plan[dist.rank]:
-                    weight = 1.0
-                    if not micro:  # an empty share of the last step: keep lockstep, contribute nothing
-                        micro, weight = [0], 0.0
-                    ids = [order[i] for i in micro]
-                    rows = [scored[i] for i in ids]
-                    batch = build_batch(self.processor, [by_id[r["prompt_id"]] for r in rows],
-                                        [list(r["prompt_token_ids"]) for r in rows],
-                                        [list(r["response_token_ids"]) for r in rows]).to(dist.device)
+                    ids, weight, batch = micro_batch(micro)
                     logp = engine(**batch.forward_inputs())
-                    old = torch.zeros_like(logp)
                     mask = batch.response_mask.bool()
-                    old[mask] = torch.tensor([x for r in rows for x in r["old_logprobs"]], dtype=old.dtype,
-                                             device=old.device)
+                    old = torch.zeros_like(logp)
+                    old[mask] = torch.cat([old_lp[i] for i in ids])
+                    is_weight = None
+                    if cfg.train.tis_cap > 0:  # truncated importance sampling: pi_old(trainer) / pi(rollout engine)
+                        rollout = torch.zeros_like(logp)
+                        rollout[mask] = torch.tensor([x for i in ids for x in _rollout_logprobs(scored[i], True)],
+                                                     dtype=logp.dtype, device=logp.device)
+                        is_weight = torch.exp(old - rollout).clamp(max=cfg.train.tis_cap) * mask
                     ref_lp = None
                     if self.ref is not None:
                         with torch.no_grad():
                             ref_lp = self.ref(**batch.forward_inputs())
                     a = torch.tensor([adv[i] for i in ids], device=logp.device)
                     loss, st = grpo_loss(logp, old, ref_lp, a, batch.response_mask, cfg.train.eps_clip,
-                                         cfg.train.kl_coef)
+                                         cfg.train.kl_coef, is_weight=is_weight, denom=step_tokens)
                     if global_step in fault_steps:
                         loss = loss * float("nan")
                     if global_step in grad_fault_steps:  # sqrt'(0) is inf, times 0 is NaN: value 0, gradient NaN
@@ -383,14 +433,18 @@ class GRPOTrainer:
                     finite, = comm.all_reduce_values([1.0 if torch.isfinite(loss) else 0.0], op=comm.ReduceOp.MIN)
                     if finite < 1.0:
                         step_bad = True
-                        st = {k: float("nan") for k in st}
+                        st = {k: (v if k == "tokens" else float("nan")) for k, v in st.items()}
                     if step_bad:
                         # Poison the step's gradient on every rank: DeepSpeed then takes its own
                         # overflow path, which drops the gradient and leaves the weights, Adam's
                         # moments and its step count untouched (lr 0 would still move the moments).
                         loss = loss * float("nan")
-                    engine.backward(loss * weight)
-                    stats_acc.append(st | {"loss": float("nan") if step_bad else float(loss.detach())})
+                    # DeepSpeed averages gradients over the data-parallel ranks: x world undoes
+                    # that (the loss is already normalised by the step's global token count),
+                    # and scale_wrt_gas=False keeps it from dividing by the accumulation steps.
+                    engine.backward(loss * (weight * dist.world), scale_wrt_gas=False)
+                    if weight:
+                        stats_acc.append(st)
                     for g in engine.optimizer.param_groups:
                         g["lr"] = lr
                     engine.step()
@@ -402,7 +456,9 @@ class GRPOTrainer:
                     raise RuntimeError(f"global step {global_step} had a non-finite loss but DeepSpeed applied it "
                                        f"(gradient norm {grad_norm}); refusing to continue with corrupted weights")
                 bad_run = bad_run + 1 if step_bad else 0
-                mean = lambda k: float(sum(s[k] for s in stats_acc) / max(1, len(stats_acc)))  # noqa: E731
+                n_tok = sum(s["tokens"] for s in stats_acc)
+                mean = lambda k: (float("nan") if step_bad or not n_tok  # noqa: E731
+                                  else float(sum(s[k] * s["tokens"] for s in stats_acc) / n_tok))
                 steps_log.append({"step": global_step, "phase": phase, "loss": mean("loss"),
                                   "pg_loss": mean("pg_loss"), "kl": mean("kl"), "clip_frac": mean("clip_frac"),
                                   "grad_norm": grad_norm, "lr": 0.0 if step_bad else lr, "skipped": step_bad})
@@ -438,10 +494,44 @@ class GRPOTrainer:
             "lr": steps_log[-1]["lr"] if steps_log else 0.0,
             "global_step": global_step,
             "resumed_steps": done,
+            # |log pi_old(trainer) - log pi(rollout engine)| over the pass's response tokens
+            "rollout_logprob_gap_mean": gap[0],
+            "rollout_logprob_gap_max": gap[1],
             "seconds": time.time() - t0,
             "world_size": dist.world,
             "step_log": steps_log,
         }
+
+    @torch.no_grad()
+    def _behaviour_logprobs(self, plan, micro_batch, scored: list[dict]) -> tuple[dict[int, torch.Tensor], tuple]:
+        """Log-probs of every sample's response under the current weights, computed with
+        the same micro-batches as the update (so the first step's ratio is exactly 1),
+        and the (mean, max) gap to the rollout engine's log-probs over all ranks."""
+        net = self.engine.module
+        was_training = net.training
+        net.eval()  # no dropout in Qwen2.5-VL; eval only skips gradient checkpointing here
+        out: dict[int, torch.Tensor] = {}
+        total = count = 0.0
+        worst = 0.0
+        try:
+            for step_plan in tqdm(plan, desc="old log-probs", disable=self.dist.rank != 0):
+                for micro in step_plan[self.dist.rank]:
+                    ids, weight, batch = micro_batch(micro)
+                    lp = self.engine(**batch.forward_inputs())
+                    for row, i in enumerate(ids):
+                        out[i] = lp[row][batch.response_mask[row].bool()].detach()
+                        ref = _rollout_logprobs(scored[i], False)
+                        if weight and ref is not None:
+                            d = (out[i].double() - torch.tensor(ref, dtype=torch.float64, device=lp.device)).abs()
+                            total += float(d.sum())
+                            count += d.numel()
+                            worst = max(worst, float(d.max())) if d.numel() else worst
+        finally:
+            net.train(was_training)
+        total, count = comm.all_reduce_values([total, count], op=comm.ReduceOp.SUM)
+        worst, = comm.all_reduce_values([worst], op=comm.ReduceOp.MAX)
+        gap = (total / count, worst) if count else (float("nan"), float("nan"))
+        return out, gap
 
     def _clear_checkpoints(self, checkpoints: StepCheckpoints) -> None:
         """The pass is complete: its resume files are not needed."""

@@ -42,26 +42,44 @@ def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 def grpo_loss(logp: torch.Tensor, old_logp: torch.Tensor, ref_logp: torch.Tensor | None,
               advantages: torch.Tensor, mask: torch.Tensor, eps_clip: float = 0.2,
-              kl_coef: float = 0.001) -> tuple[torch.Tensor, dict[str, float]]:
-    """Token-level masked mean over the micro-batch of the clipped surrogate plus KL.
+              kl_coef: float = 0.001, is_weight: torch.Tensor | None = None,
+              denom: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Token-level mean of the clipped surrogate plus KL.
+
+    Without `denom` the mean is over this micro-batch's tokens. With `denom` (the
+    response-token count of the whole optimizer step, over all micro-batches and ranks)
+    the loss is this micro-batch's token sum / denom, so the step's summed gradient is the
+    gradient of the token mean over the whole step, however it is split. The stats are
+    always this micro-batch's token means ("tokens" is its token count).
 
     Shapes: logp/old_logp/ref_logp/mask [B, T]; advantages [B] (one value per sample,
-    applied to every token, as the reward is terminal and gamma is 1).
+    applied to every token, as the reward is terminal and gamma is 1). `is_weight`
+    [B, T], if given, multiplies each token's surrogate (truncated importance sampling
+    from the rollout engine's distribution to the trainer's; no gradient through it).
     """
     adv = advantages[:, None].to(logp.dtype)
     ratio = torch.exp(logp - old_logp)
     surr1 = ratio * adv
     surr2 = ratio.clamp(1.0 - eps_clip, 1.0 + eps_clip) * adv
     pg = -torch.min(surr1, surr2)
-    pg_loss = masked_mean(pg, mask)
-    loss = pg_loss
+    if is_weight is not None:
+        pg = pg * is_weight.detach().to(pg.dtype)
+    per_token = pg
     kl_val = torch.zeros((), dtype=logp.dtype)
     if ref_logp is not None and kl_coef > 0:
-        kl_val = masked_mean(k3_kl(logp, ref_logp), mask)
-        loss = loss + kl_coef * kl_val
+        kl_tok = k3_kl(logp, ref_logp)
+        kl_val = masked_mean(kl_tok, mask)
+        per_token = pg + kl_coef * kl_tok
+    if denom is None:
+        loss = masked_mean(per_token, mask)
+    else:
+        loss = (per_token * mask.to(per_token.dtype)).sum() / max(float(denom), 1.0)
+    pg_loss = masked_mean(pg, mask)
     with torch.no_grad():
         clipped = ((ratio - 1.0).abs() > eps_clip).to(logp.dtype)
         stats = {
+            "loss": float(pg_loss.detach()) + kl_coef * float(kl_val.detach()),
+            "tokens": float(mask.sum()),
             "pg_loss": float(pg_loss.detach()),
             "kl": float(kl_val.detach()),
             "clip_frac": float(masked_mean(clipped, mask)),
