@@ -38,17 +38,18 @@ import sys
 # Version history: "2" everywhere is the first version with recorded fingerprints (every
 # stage's sources had changed since "1"). Note why when bumping, e.g. `"rollout": "3",  # 3: top-p fixed`.
 # 3 (all stages): config gained tensor-parallel rollouts for the 32b preset
+# +1 (all stages): config batch check and train.tis_cap; fp32 LM head in the shared log-prob code (issue 9)
 CACHE_VERSIONS = {
-    "data": "3",
-    "base_model": "3",
-    "bootstrap": "4",
-    "judge_eval_set": "6",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck
-    "select_prompts": "3",
-    "rollout": "3",
-    "reward": "3",
-    "recycle": "4",
-    "update": "5",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook
-    "evaluate": "4",  # 4: a Deck with this epoch's per-benchmark table
+    "data": "4",
+    "base_model": "4",
+    "bootstrap": "5",
+    "judge_eval_set": "7",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck
+    "select_prompts": "4",
+    "rollout": "4",
+    "reward": "4",
+    "recycle": "5",
+    "update": "6",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook
+    "evaluate": "5",  # 4: a Deck with this epoch's per-benchmark table
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,7 +90,7 @@ STAGE_SOURCES: dict[str, list[str]] = {
     "rollout": _COMMON + ["tasks/rollout.py"] + _ROLLOUT,
     "reward": _COMMON + ["tasks/reward.py", "spark_core/reward/*.py"],
     "recycle": _COMMON + ["tasks/recycle.py", "spark_core/recycle/*.py"],
-    "update": _COMMON + ["tasks/update.py", "spark_core/train/__init__.py", "spark_core/train/engine.py",
+    "update": _COMMON + ["tasks/update.py", "spark_core/train/__init__.py", "spark_core/train/engine.py", "spark_core/train/collectives.py",
                          "spark_core/train/grpo.py"] + _MODEL,
 }
 
