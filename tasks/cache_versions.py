@@ -38,6 +38,7 @@ import sys
 # Version history: "2" everywhere is the first version with recorded fingerprints (every
 # stage's sources had changed since "1"). Note why when bumping, e.g. `"rollout": "3",  # 3: top-p fixed`.
 # 3 (all stages): config gained tensor-parallel rollouts for the 32b preset
+# +1 (all stages): config batch check and train.tis_cap; fp32 LM head in the shared log-prob code (issue 9)
 CACHE_VERSIONS = {
     "data": "4",  # 4: ViRL39K forms in the loader
     "base_model": "4",  # 4: vision ids in responses (log-prob pass)
@@ -89,8 +90,8 @@ STAGE_SOURCES: dict[str, list[str]] = {
     "rollout": _COMMON + ["tasks/rollout.py"] + _ROLLOUT,
     "reward": _COMMON + ["tasks/reward.py", "spark_core/reward/*.py"],
     "recycle": _COMMON + ["tasks/recycle.py", "spark_core/recycle/*.py"],
-    "update": _COMMON + ["tasks/update.py", "spark_core/train/__init__.py", "spark_core/train/engine.py",
-                         "spark_core/train/grpo.py", "spark_core/train/collectives.py"] + _MODEL,
+    "update": _COMMON + ["tasks/update.py", "spark_core/train/__init__.py", "spark_core/train/engine.py", "spark_core/train/collectives.py",
+                         "spark_core/train/grpo.py"] + _MODEL,
 }
 
 

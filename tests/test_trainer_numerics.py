@@ -102,3 +102,7 @@ def test_training_forward_runs_through_the_engine(tiny_dir, batch_rows, monkeypa
     m = trainer.train_pass(rows, scored, "policy")
     assert m["steps"] == 1 and inside["calls"] >= 1
     assert seen and all(seen), seen
+    # the trainer API's weight stream (ZeRO-2 here: the live tensors, by HF name)
+    streamed = dict(trainer.full_state_dict_iter())
+    assert list(streamed) == [n for n, _ in trainer.module.named_parameters()]
+    assert all(torch.equal(streamed[n], p) for n, p in trainer.module.named_parameters())

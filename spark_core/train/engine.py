@@ -1,8 +1,12 @@
 """The GRPO update on a DeepSpeed engine, run once per rank (torchrun / Flyte Elastic).
 
-Inputs are plain lists of artifact rows; outputs are a Hugging Face checkpoint (rank 0
-writes it), the DeepSpeed training state (optimizer moments and global step, so the
-next update continues the same optimizer and schedule), and per-step metrics.
+`GRPOTrainer` keeps the engine alive across passes (a fused rollout+update segment
+calls `train_pass` repeatedly); `run_update` is one pass plus the saves. Inputs are
+plain lists of artifact rows; outputs are a Hugging Face checkpoint (rank 0 writes it),
+the DeepSpeed training state (optimizer moments and global step, so the next update
+continues the same optimizer and schedule), and per-step metrics. docs/cluster.md
+("Trainer numerics") says how pi_old, the loss normalisation, the batch plan, ZeRO-3,
+precision and skipped steps are handled.
 
 Resume: with `checkpoints` (StepCheckpoints), the engine saves its whole state every
 few optimizer steps and, when it starts, continues from the newest checkpoint of the
