@@ -38,17 +38,19 @@ import sys
 # Version history: "2" everywhere is the first version with recorded fingerprints (every
 # stage's sources had changed since "1"). Note why when bumping, e.g. `"rollout": "3",  # 3: top-p fixed`.
 # 3 (all stages): config gained tensor-parallel rollouts for the 32b preset
+# +1 (all stages): config gained the loop section and the state volume; stage bodies moved into spark_core functions shared with the segment
 CACHE_VERSIONS = {
-    "data": "3",
-    "base_model": "3",
-    "bootstrap": "4",
-    "judge_eval_set": "6",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck
-    "select_prompts": "3",
-    "rollout": "3",
-    "reward": "3",
-    "recycle": "4",
-    "update": "5",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook
-    "evaluate": "4",  # 4: a Deck with this epoch's per-benchmark table
+    "data": "4",
+    "base_model": "4",
+    "bootstrap": "5",
+    "judge_eval_set": "7",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck
+    "select_prompts": "4",
+    "rollout": "4",
+    "reward": "4",
+    "recycle": "5",
+    "update": "6",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook
+    "evaluate": "5",  # 4: a Deck with this epoch's per-benchmark table
+    "segment": "1",
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,6 +69,7 @@ STAGE_TASKS = {
     "reward": [("tasks/reward.py", "score_rollouts")],
     "recycle": [("tasks/recycle.py", "recycle_rollouts"), ("tasks/recycle.py", "queue_recycled")],
     "update": [("tasks/update.py", "update_policy")],
+    "segment": [("tasks/segment.py", "run_segment")],
 }
 
 _COMMON = ["tasks/__init__.py", "tasks/common.py", "spark_core/__init__.py", "spark_core/config.py",
@@ -91,6 +94,11 @@ STAGE_SOURCES: dict[str, list[str]] = {
     "recycle": _COMMON + ["tasks/recycle.py", "spark_core/recycle/*.py"],
     "update": _COMMON + ["tasks/update.py", "spark_core/train/__init__.py", "spark_core/train/engine.py",
                          "spark_core/train/grpo.py"] + _MODEL,
+    "segment": _COMMON + ["tasks/segment.py", "tasks/update.py", "tasks/resources.py", "spark_core/segment.py",
+                          "spark_core/loop_plan.py", "spark_core/train/__init__.py", "spark_core/train/engine.py",
+                          "spark_core/train/grpo.py", "spark_core/data/*.py", "spark_core/recycle/*.py",
+                          "spark_core/reward/*.py", "spark_core/evaluate/__init__.py", "spark_core/evaluate/core.py"]
+                         + _ROLLOUT,
 }
 
 
