@@ -29,8 +29,9 @@ import torch
 from tqdm.auto import tqdm
 
 from spark_core.config import SparkConfig, total_optimizer_steps
-from spark_core.model.loading import load_model, load_processor, save_checkpoint
+from spark_core.model.loading import load_model, load_processor, save_checkpoint, save_processor
 from spark_core.model.logprobs import build_batch, response_logprobs
+from spark_core.train import collectives as comm
 from spark_core.train.grpo import grpo_loss, group_advantages, lr_at
 
 STATE_FILE = "spark_trainer_state.json"
@@ -178,14 +179,14 @@ def _find_resume(ck: StepCheckpoints, dist: DistInfo, key: str) -> dict | None:
             except Exception as e:  # noqa: BLE001 - a lost checkpoint means starting over, not failing
                 log.warning("could not restore the previous checkpoint (%s); starting the pass from its beginning", e)
                 shutil.rmtree(restored, ignore_errors=True)
-    torch.distributed.barrier()
+    comm.barrier()
     found = [st for st in (_read_resume(r, key) for r in (restored, live)) if st is not None]
     best = max(found, key=lambda st: st["steps_done"]) if found else None
-    done = torch.tensor([best["steps_done"] if best else 0, -(best["steps_done"] if best else 0)])
-    torch.distributed.all_reduce(done, op=torch.distributed.ReduceOp.MIN)
-    if int(done[0]) != -int(done[1]):
+    n = best["steps_done"] if best else 0
+    lo, neg_hi = comm.all_reduce_values([n, -n], op=comm.ReduceOp.MIN)
+    if int(lo) != -int(neg_hi):
         log.warning("ranks found different resume checkpoints (steps %d..%d); starting the pass over",
-                    int(done[0]), -int(done[1]))
+                    int(lo), -int(neg_hi))
         return None
     return best
 
@@ -202,17 +203,17 @@ def _save_resume(ck: StepCheckpoints, dist: DistInfo, engine, state: dict) -> No
     if dist.local_rank == 0:
         shutil.rmtree(slot_root, ignore_errors=True)
         os.makedirs(slot_root)
-    torch.distributed.barrier()
+    comm.barrier()
     engine.save_checkpoint(slot_root, tag=tag, save_latest=False,
                            client_state={"spark_steps_done": state["steps_done"]})
     rng = {"cpu": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
     torch.save(rng, os.path.join(slot_root, tag, f"rng_rank{dist.rank}.pt"))
-    torch.distributed.barrier()
+    comm.barrier()
     if dist.local_rank == 0 and ck.publish is not None:
         ck.publish(slot_root)
-    torch.distributed.barrier()
+    comm.barrier()
     if dist.local_rank == 0:
         path = os.path.join(live, RESUME_FILE)
         with open(path + ".tmp", "w") as f:
@@ -220,7 +221,7 @@ def _save_resume(ck: StepCheckpoints, dist: DistInfo, engine, state: dict) -> No
         os.replace(path + ".tmp", path)
         if dist.rank == 0 and ck.publish is not None:
             ck.publish(path)
-    torch.distributed.barrier()
+    comm.barrier()
 
 
 def _plan_steps(n: int, micro: int, ga: int, world: int) -> list[list[list[int]]]:
@@ -235,188 +236,270 @@ def _plan_steps(n: int, micro: int, ga: int, world: int) -> list[list[list[int]]
     return plan
 
 
+class GRPOTrainer:
+    """A DeepSpeed GRPO trainer that stays alive across passes (one per rank).
+
+    `__init__` joins the process group, builds the policy and the frozen reference,
+    wraps the policy in a DeepSpeed engine and loads the optimizer state and global
+    step of `state_in`. `train_pass` runs one GRPO pass; `save_hf` and `save_state`
+    write the consolidated Hugging Face checkpoint and the DeepSpeed state.
+    """
+
+    def __init__(self, cfg: SparkConfig, model_dir: str, ref_dir: str, state_in: str | None = None,
+                 total_steps: int | None = None):
+        import deepspeed
+
+        self.cfg = cfg
+        self.model_dir = model_dir
+        self.dist = init_distributed()
+        self._t0 = time.time()
+        torch.manual_seed(cfg.train.seed)
+        self.processor = load_processor(model_dir, cfg.model)
+        model = load_model(model_dir, cfg.model, device=self.dist.device, for_training=True)
+        if cfg.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.ref = None
+        if cfg.train.kl_coef > 0:
+            self.ref = load_model(ref_dir, cfg.model, device=self.dist.device)
+            self.ref.requires_grad_(False)
+        self.ds_config = deepspeed_config(cfg, self.dist.world)
+        self.engine, *_ = deepspeed.initialize(model=model,
+                                               model_parameters=[p for p in model.parameters() if p.requires_grad],
+                                               config=self.ds_config)
+        self.state_in = state_in
+        self.global_step = int(_read_state(state_in).get("global_step", 0))
+        self.total_steps = int(total_steps) if total_steps is not None else total_optimizer_steps(cfg)
+        if state_in and os.path.isdir(os.path.join(state_in, "ds")):
+            self.engine.load_checkpoint(os.path.join(state_in, "ds"), load_module_strict=True,
+                                        load_optimizer_states=True, load_lr_scheduler_states=False)
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The live policy (a Hugging Face model), e.g. for generation between passes."""
+        return self.engine.module
+
+    # ---- one pass -------------------------------------------------------------------
+    def train_pass(self, prompts: list[dict], scored: list[dict], phase: str,
+                   checkpoints: StepCheckpoints | None = None) -> dict:
+        """One GRPO pass over `scored` (G rollouts per prompt). Returns rank 0's metrics.
+
+        With `checkpoints`, the pass saves resume checkpoints as it goes and continues from
+        the newest one of the same pass if there is one ("resumed_steps" in the metrics);
+        they are removed once the pass is complete."""
+        cfg, dist, engine = self.cfg, self.dist, self.engine
+        t0 = time.time()
+        start_step = self.global_step
+        global_step = start_step
+        fault_steps = {int(s) for s in os.environ.get(FAULT_ENV, "").split(",") if s.strip()}
+        grad_fault_steps = {int(s) for s in os.environ.get(GRAD_FAULT_ENV, "").split(",") if s.strip()}
+        crash_after = int(os.environ.get(CRASH_AFTER_STEP_ENV, "0") or "0")
+
+        by_id = {p["prompt_id"]: p for p in prompts}
+        missing = sorted({s["prompt_id"] for s in scored} - set(by_id))
+        if missing:
+            raise KeyError(f"rollouts refer to prompts not in the prompt artifact: {missing[:5]}")
+        adv = group_advantages([s["prompt_id"] for s in scored], [float(s["reward"]) for s in scored])
+        order = list(range(len(scored)))
+        random.Random(cfg.train.seed + start_step).shuffle(order)
+
+        steps_log = []
+        bad_run = 0
+        done = 0  # optimizer steps of this pass already taken by an earlier attempt
+        key = _pass_key(phase, start_step, scored, dist.world, cfg.train.ppo_epochs)
+        resume = _find_resume(checkpoints, dist, key) if checkpoints is not None else None
+        if resume is not None:
+            _, client = engine.load_checkpoint(resume["load_dir"], tag=resume["tag"], load_module_strict=True,
+                                               load_optimizer_states=True, load_lr_scheduler_states=False)
+            if (client or {}).get("spark_steps_done") != resume["steps_done"]:
+                raise RuntimeError(f"resume checkpoint {resume['load_dir']}/{resume['tag']} holds step "
+                                   f"{(client or {}).get('spark_steps_done')}, its state file says {resume['steps_done']}")
+            rng = os.path.join(resume["load_dir"], resume["tag"], f"rng_rank{dist.rank}.pt")
+            if os.path.exists(rng):
+                rng = torch.load(rng, weights_only=True)
+                torch.set_rng_state(rng["cpu"])
+                if "cuda" in rng and torch.cuda.is_available():
+                    torch.cuda.set_rng_state(rng["cuda"])
+            done, global_step = int(resume["steps_done"]), int(resume["global_step"])
+            steps_log, bad_run = list(resume["steps_log"]), int(resume["bad_run"])
+            if dist.rank == 0:
+                log.warning("update[%s]: resuming after %d finished optimizer steps (global step %d)", phase, done,
+                            global_step)
+
+        ga = self.ds_config["gradient_accumulation_steps"]
+        plan = _plan_steps(len(order), cfg.train.micro_batch_size, ga, dist.world)
+        n_pass = len(plan) * cfg.train.ppo_epochs
+        k = 0  # optimizer steps of this pass, 1-based once taken
+        for _ in range(cfg.train.ppo_epochs):
+            for step_plan in tqdm(plan, desc=f"update[{phase}]", disable=dist.rank != 0):
+                k += 1
+                if k <= done:
+                    continue  # finished before the restart
+                lr = lr_at(global_step, self.total_steps, cfg.train.lr, cfg.train.warmup_ratio, cfg.train.min_lr_ratio)
+                stats_acc: list[dict] = []
+                step_bad = False
+                for micro in step_plan[dist.rank]:
+                    weight = 1.0
+                    if not micro:  # an empty share of the last step: keep lockstep, contribute nothing
+                        micro, weight = [0], 0.0
+                    ids = [order[i] for i in micro]
+                    rows = [scored[i] for i in ids]
+                    batch = build_batch(self.processor, [by_id[r["prompt_id"]] for r in rows],
+                                        [list(r["prompt_token_ids"]) for r in rows],
+                                        [list(r["response_token_ids"]) for r in rows]).to(dist.device)
+                    logp = response_logprobs(engine.module, batch)
+                    old = torch.zeros_like(logp)
+                    mask = batch.response_mask.bool()
+                    old[mask] = torch.tensor([x for r in rows for x in r["old_logprobs"]], dtype=old.dtype,
+                                             device=old.device)
+                    ref_lp = None
+                    if self.ref is not None:
+                        with torch.no_grad():
+                            ref_lp = response_logprobs(self.ref, batch)
+                    a = torch.tensor([adv[i] for i in ids], device=logp.device)
+                    loss, st = grpo_loss(logp, old, ref_lp, a, batch.response_mask, cfg.train.eps_clip,
+                                         cfg.train.kl_coef)
+                    if global_step in fault_steps:
+                        loss = loss * float("nan")
+                    if global_step in grad_fault_steps:  # sqrt'(0) is inf, times 0 is NaN: value 0, gradient NaN
+                        first = next(p for p in engine.module.parameters() if p.requires_grad)
+                        loss = loss + torch.sqrt(first.sum() * 0.0)
+                    finite, = comm.all_reduce_values([1.0 if torch.isfinite(loss) else 0.0], op=comm.ReduceOp.MIN)
+                    if finite < 1.0:
+                        step_bad = True
+                        # ZeRO reduces gradients in hooks, so every rank still needs a backward that
+                        # touches every parameter; this one is exactly zero and finite.
+                        loss = sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0
+                        st = {k: float("nan") for k in st}
+                    engine.backward(loss * weight)
+                    stats_acc.append(st | {"loss": float("nan") if step_bad else float(loss.detach())})
+                    # a skipped step must leave the weights untouched: lr 0 for it
+                    for g in engine.optimizer.param_groups:
+                        g["lr"] = 0.0 if step_bad else lr
+                    engine.step()
+                grad_norm = engine.get_global_grad_norm()
+                grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+                if not step_bad and not math.isfinite(grad_norm):
+                    step_bad = True  # ZeRO's optimizer found non-finite gradients and skipped the update
+                bad_run = bad_run + 1 if step_bad else 0
+                mean = lambda k: float(sum(s[k] for s in stats_acc) / max(1, len(stats_acc)))  # noqa: E731
+                steps_log.append({"step": global_step, "phase": phase, "loss": mean("loss"),
+                                  "pg_loss": mean("pg_loss"), "kl": mean("kl"), "clip_frac": mean("clip_frac"),
+                                  "grad_norm": grad_norm, "lr": 0.0 if step_bad else lr, "skipped": step_bad})
+                global_step += 1
+                self.global_step = global_step
+                if bad_run >= cfg.train.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"{bad_run} consecutive optimizer steps had a non-finite loss or gradient "
+                        f"(last at global step {global_step - 1}); stopping. The last good checkpoint is "
+                        f"the input of this update: {self.model_dir}"
+                    )
+                if checkpoints is not None and checkpoints.every > 0 and k % checkpoints.every == 0 and k < n_pass:
+                    _save_resume(checkpoints, dist, engine, {
+                        "pass_key": key, "phase": phase, "steps_done": k, "global_step": global_step,
+                        "steps_log": steps_log, "bad_run": bad_run, "world": dist.world})
+                if crash_after and k == crash_after:
+                    raise RuntimeError(f"{CRASH_AFTER_STEP_ENV}={crash_after}: simulated crash after step {k} "
+                                       f"of update[{phase}]")
+        self.global_step = global_step
+        if checkpoints is not None:
+            self._clear_checkpoints(checkpoints)
+        kept = [s for s in steps_log if not s["skipped"]]
+        agg = lambda k: float(sum(s[k] for s in kept) / len(kept)) if kept else float("nan")  # noqa: E731
+        return {
+            "phase": phase,
+            "steps": len(steps_log),
+            "skipped_steps": sum(s["skipped"] for s in steps_log),
+            "loss": agg("loss"),
+            "pg_loss": agg("pg_loss"),
+            "kl": agg("kl"),
+            "clip_frac": agg("clip_frac"),
+            "grad_norm": agg("grad_norm"),
+            "lr": steps_log[-1]["lr"] if steps_log else 0.0,
+            "global_step": global_step,
+            "resumed_steps": done,
+            "seconds": time.time() - t0,
+            "world_size": dist.world,
+            "step_log": steps_log,
+        }
+
+    def _clear_checkpoints(self, checkpoints: StepCheckpoints) -> None:
+        """The pass is complete: its resume files are not needed."""
+        comm.barrier()
+        if self.dist.local_rank == 0:
+            for sub in ("live", "restored"):
+                shutil.rmtree(os.path.join(checkpoints.local_dir, sub), ignore_errors=True)
+            try:
+                os.rmdir(checkpoints.local_dir)  # only if nothing else is in it
+            except OSError:
+                pass
+
+    # ---- saving ---------------------------------------------------------------------
+    def save_hf(self, out_dir: str) -> None:
+        """A consolidated Hugging Face checkpoint of the policy, written by rank 0
+        (every rank must call it: under ZeRO-3 the weights are gathered from all)."""
+        sd = self.engine._zero3_consolidated_16bit_state_dict() if self.cfg.train.zero_stage == 3 else None
+        if self.dist.rank == 0:
+            if sd is not None:
+                self.module.save_pretrained(out_dir, state_dict=sd, safe_serialization=True)
+                save_processor(self.processor, out_dir)
+            else:
+                save_checkpoint(self.module, self.processor, out_dir)
+        comm.barrier()
+
+    def save_state(self, state_out: str) -> None:
+        """The DeepSpeed state (all ranks) and the global step, for the next update."""
+        self.engine.save_checkpoint(os.path.join(state_out, "ds"), tag="state", save_latest=True)
+        if self.dist.rank == 0:
+            with open(os.path.join(state_out, STATE_FILE), "w") as f:
+                json.dump({"global_step": self.global_step, "total_steps": self.total_steps}, f)
+        comm.barrier()
+
+    def full_state_dict_iter(self):
+        """(name, tensor) of the policy's full weights, one parameter group at a time.
+
+        Under ZeRO-3 each group (the parameters of one layer) is gathered on every rank
+        just for the time its tensors are consumed, so peak memory stays at one layer.
+        The tensors are only valid until the next item is requested."""
+        named = [(n, p) for n, p in self.module.named_parameters()]
+        if self.cfg.train.zero_stage != 3:
+            for n, p in named:
+                yield n, p.detach()
+            return
+        import deepspeed
+
+        for group in _layer_groups(named):
+            with deepspeed.zero.GatheredParameters([p for _, p in group], modifier_rank=None):
+                for n, p in group:
+                    yield n, p.detach()
+
+
+def _layer_groups(named: list[tuple[str, torch.nn.Parameter]]) -> list[list[tuple[str, torch.nn.Parameter]]]:
+    """Consecutive parameters grouped by layer: the name up to its first numeric part."""
+    groups: list[list] = []
+    last = None
+    for n, p in named:
+        parts = n.split(".")
+        cut = next((i for i, s in enumerate(parts) if s.isdigit()), len(parts) - 1)
+        k = ".".join(parts[: cut + 1])
+        if k != last:
+            groups.append([])
+            last = k
+        groups[-1].append((n, p))
+    return groups
+
+
 def run_update(*, cfg: SparkConfig, model_dir: str, ref_dir: str, prompts: list[dict], scored: list[dict],
                out_dir: str, state_in: str | None, state_out: str, phase: str,
                checkpoints: StepCheckpoints | None = None) -> dict:
-    """One GRPO pass over `scored` (G rollouts per prompt). Returns rank 0's metrics.
+    """One GRPO pass over `scored` (G rollouts per prompt), then the HF checkpoint to
+    `out_dir` and the training state to `state_out`. Returns rank 0's metrics.
 
     With `checkpoints`, the pass saves resume checkpoints as it goes and continues from
     the newest one of the same pass if there is one ("resumed_steps" in the metrics)."""
-    import deepspeed
-
-    dist = init_distributed()
     t0 = time.time()
-    torch.manual_seed(cfg.train.seed)
-    processor = load_processor(model_dir, cfg.model)
-    model = load_model(model_dir, cfg.model, device=dist.device, for_training=True)
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-    ref = None
-    if cfg.train.kl_coef > 0:
-        ref = load_model(ref_dir, cfg.model, device=dist.device)
-        ref.requires_grad_(False)
-    ds_cfg = deepspeed_config(cfg, dist.world)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
-                                      config=ds_cfg)
-    state = _read_state(state_in)
-    global_step = int(state.get("global_step", 0))
-    start_step = global_step
-    total = total_optimizer_steps(cfg)
-    fault_steps = {int(s) for s in os.environ.get(FAULT_ENV, "").split(",") if s.strip()}
-    grad_fault_steps = {int(s) for s in os.environ.get(GRAD_FAULT_ENV, "").split(",") if s.strip()}
-    crash_after = int(os.environ.get(CRASH_AFTER_STEP_ENV, "0") or "0")
-
-    by_id = {p["prompt_id"]: p for p in prompts}
-    missing = sorted({s["prompt_id"] for s in scored} - set(by_id))
-    if missing:
-        raise KeyError(f"rollouts refer to prompts not in the prompt artifact: {missing[:5]}")
-    adv = group_advantages([s["prompt_id"] for s in scored], [float(s["reward"]) for s in scored])
-    order = list(range(len(scored)))
-    random.Random(cfg.train.seed + start_step).shuffle(order)
-
-    steps_log = []
-    bad_run = 0
-    done = 0  # optimizer steps of this pass already taken by an earlier attempt
-    key = _pass_key(phase, start_step, scored, dist.world, cfg.train.ppo_epochs)
-    resume = _find_resume(checkpoints, dist, key) if checkpoints is not None else None
-    if resume is not None:
-        _, client = engine.load_checkpoint(resume["load_dir"], tag=resume["tag"], load_module_strict=True,
-                                           load_optimizer_states=True, load_lr_scheduler_states=False)
-        if (client or {}).get("spark_steps_done") != resume["steps_done"]:
-            raise RuntimeError(f"resume checkpoint {resume['load_dir']}/{resume['tag']} holds step "
-                               f"{(client or {}).get('spark_steps_done')}, its state file says {resume['steps_done']}")
-        rng = os.path.join(resume["load_dir"], resume["tag"], f"rng_rank{dist.rank}.pt")
-        if os.path.exists(rng):
-            rng = torch.load(rng, weights_only=True)
-            torch.set_rng_state(rng["cpu"])
-            if "cuda" in rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state(rng["cuda"])
-        done, global_step = int(resume["steps_done"]), int(resume["global_step"])
-        steps_log, bad_run = list(resume["steps_log"]), int(resume["bad_run"])
-        if dist.rank == 0:
-            log.warning("update[%s]: resuming after %d finished optimizer steps (global step %d)", phase, done,
-                        global_step)
-    elif state_in and os.path.isdir(os.path.join(state_in, "ds")):
-        engine.load_checkpoint(os.path.join(state_in, "ds"), load_module_strict=True,
-                               load_optimizer_states=True, load_lr_scheduler_states=False)
-
-    ga = ds_cfg["gradient_accumulation_steps"]
-    plan = _plan_steps(len(order), cfg.train.micro_batch_size, ga, dist.world)
-    n_pass = len(plan) * cfg.train.ppo_epochs
-    k = 0  # optimizer steps of this pass, 1-based once taken
-    for _ in range(cfg.train.ppo_epochs):
-        for step_plan in tqdm(plan, desc=f"update[{phase}]", disable=dist.rank != 0):
-            k += 1
-            if k <= done:
-                continue  # finished before the restart
-            lr = lr_at(global_step, total, cfg.train.lr, cfg.train.warmup_ratio, cfg.train.min_lr_ratio)
-            stats_acc: list[dict] = []
-            step_bad = False
-            for micro in step_plan[dist.rank]:
-                weight = 1.0
-                if not micro:  # an empty share of the last step: keep lockstep, contribute nothing
-                    micro, weight = [0], 0.0
-                ids = [order[i] for i in micro]
-                rows = [scored[i] for i in ids]
-                batch = build_batch(processor, [by_id[r["prompt_id"]] for r in rows],
-                                    [list(r["prompt_token_ids"]) for r in rows],
-                                    [list(r["response_token_ids"]) for r in rows]).to(dist.device)
-                logp = response_logprobs(engine.module, batch)
-                old = torch.zeros_like(logp)
-                mask = batch.response_mask.bool()
-                old[mask] = torch.tensor([x for r in rows for x in r["old_logprobs"]], dtype=old.dtype,
-                                         device=old.device)
-                ref_lp = None
-                if ref is not None:
-                    with torch.no_grad():
-                        ref_lp = response_logprobs(ref, batch)
-                a = torch.tensor([adv[i] for i in ids], device=logp.device)
-                loss, st = grpo_loss(logp, old, ref_lp, a, batch.response_mask, cfg.train.eps_clip,
-                                     cfg.train.kl_coef)
-                if global_step in fault_steps:
-                    loss = loss * float("nan")
-                if global_step in grad_fault_steps:  # sqrt'(0) is inf, times 0 is NaN: value 0, gradient NaN
-                    first = next(p for p in engine.module.parameters() if p.requires_grad)
-                    loss = loss + torch.sqrt(first.sum() * 0.0)
-                finite = torch.tensor([1.0 if torch.isfinite(loss) else 0.0])
-                torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-                if finite.item() < 1.0:
-                    step_bad = True
-                    # ZeRO reduces gradients in hooks, so every rank still needs a backward that
-                    # touches every parameter; this one is exactly zero and finite.
-                    loss = sum(p.sum() for p in engine.module.parameters() if p.requires_grad) * 0.0
-                    st = {k: float("nan") for k in st}
-                engine.backward(loss * weight)
-                stats_acc.append(st | {"loss": float("nan") if step_bad else float(loss.detach())})
-                # a skipped step must leave the weights untouched: lr 0 for it
-                for g in engine.optimizer.param_groups:
-                    g["lr"] = 0.0 if step_bad else lr
-                engine.step()
-            grad_norm = engine.get_global_grad_norm()
-            grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-            if not step_bad and not math.isfinite(grad_norm):
-                step_bad = True  # ZeRO's optimizer found non-finite gradients and skipped the update
-            bad_run = bad_run + 1 if step_bad else 0
-            mean = lambda k: float(sum(s[k] for s in stats_acc) / max(1, len(stats_acc)))  # noqa: E731
-            steps_log.append({"step": global_step, "phase": phase, "loss": mean("loss"), "pg_loss": mean("pg_loss"),
-                              "kl": mean("kl"), "clip_frac": mean("clip_frac"), "grad_norm": grad_norm,
-                              "lr": 0.0 if step_bad else lr, "skipped": step_bad})
-            global_step += 1
-            if bad_run >= cfg.train.max_bad_steps:
-                raise TrainingDiverged(
-                    f"{bad_run} consecutive optimizer steps had a non-finite loss or gradient "
-                    f"(last at global step {global_step - 1}); stopping. The last good checkpoint is "
-                    f"the input of this update: {model_dir}"
-                )
-            if checkpoints is not None and checkpoints.every > 0 and k % checkpoints.every == 0 and k < n_pass:
-                _save_resume(checkpoints, dist, engine, {
-                    "pass_key": key, "phase": phase, "steps_done": k, "global_step": global_step,
-                    "steps_log": steps_log, "bad_run": bad_run, "world": dist.world})
-            if crash_after and k == crash_after:
-                raise RuntimeError(f"{CRASH_AFTER_STEP_ENV}={crash_after}: simulated crash after step {k} "
-                                   f"of update[{phase}]")
-
-    # ---- save: HF weights (rank 0) and the optimizer state (all ranks) ----
-    if cfg.train.zero_stage == 3:
-        sd = engine._zero3_consolidated_16bit_state_dict()
-    else:
-        sd = None
-    if dist.rank == 0:
-        unwrapped = engine.module
-        if sd is not None:
-            unwrapped.save_pretrained(out_dir, state_dict=sd, safe_serialization=True)
-            from spark_core.model.loading import save_processor
-
-            save_processor(processor, out_dir)
-        else:
-            save_checkpoint(unwrapped, processor, out_dir)
-    engine.save_checkpoint(os.path.join(state_out, "ds"), tag="state", save_latest=True)
-    if dist.rank == 0:
-        with open(os.path.join(state_out, STATE_FILE), "w") as f:
-            json.dump({"global_step": global_step, "total_steps": total}, f)
-    torch.distributed.barrier()
-    if checkpoints is not None and dist.local_rank == 0:  # the pass is complete: its resume files are not needed
-        for sub in ("live", "restored"):
-            shutil.rmtree(os.path.join(checkpoints.local_dir, sub), ignore_errors=True)
-        try:
-            os.rmdir(checkpoints.local_dir)  # only if nothing else is in it
-        except OSError:
-            pass
-    kept = [s for s in steps_log if not s["skipped"]]
-    agg = lambda k: float(sum(s[k] for s in kept) / len(kept)) if kept else float("nan")  # noqa: E731
-    return {
-        "phase": phase,
-        "steps": len(steps_log),
-        "skipped_steps": sum(s["skipped"] for s in steps_log),
-        "loss": agg("loss"),
-        "pg_loss": agg("pg_loss"),
-        "kl": agg("kl"),
-        "clip_frac": agg("clip_frac"),
-        "grad_norm": agg("grad_norm"),
-        "lr": steps_log[-1]["lr"] if steps_log else 0.0,
-        "global_step": global_step,
-        "resumed_steps": done,
-        "seconds": time.time() - t0,
-        "world_size": dist.world,
-        "step_log": steps_log,
-    }
+    trainer = GRPOTrainer(cfg, model_dir, ref_dir, state_in=state_in)
+    m = trainer.train_pass(prompts, scored, phase, checkpoints=checkpoints)
+    trainer.save_hf(out_dir)
+    trainer.save_state(state_out)
+    m["seconds"] = time.time() - t0
+    return m
