@@ -92,6 +92,7 @@ class SegmentResult:
 
 
 def _dist():
+    """torch.distributed when this segment runs on several ranks, else None."""
     import torch.distributed as td
 
     if td.is_available() and td.is_initialized() and td.get_world_size() > 1:
@@ -106,12 +107,18 @@ def _rank() -> int:
 
 def _bcast(obj):
     """rank 0's value on every rank."""
-    td = _dist()
-    if td is None:
+    if _dist() is None:
         return obj
-    box = [obj if td.get_rank() == 0 else None]
-    td.broadcast_object_list(box, src=0)
-    return box[0]
+    from spark_core.train.collectives import broadcast_object
+
+    return broadcast_object(obj if _rank() == 0 else None)
+
+
+def _barrier() -> None:
+    if _dist() is not None:
+        from spark_core.train.collectives import barrier
+
+        barrier()
 
 
 class SplitGenerate:
@@ -128,9 +135,10 @@ class SplitGenerate:
         world, rank = td.get_world_size(), td.get_rank()
         groups = max(1, world // self.tp)
         group = rank // self.tp
+        from spark_core.train.collectives import all_gather_objects
+
         mine = self.engine.generate(prompts[group::groups], spec, desc=desc)
-        gathered: list = [None] * world
-        td.all_gather_object(gathered, mine if rank % self.tp == 0 else None)
+        gathered = all_gather_objects(mine if rank % self.tp == 0 else None)
         by_prompt: dict[str, list] = {}
         for part in gathered:
             for s in part or []:
@@ -156,9 +164,7 @@ def _save_slot(ck: SegmentCheckpoints, trainer, key: str, done: int, queue: list
     if _rank() == 0:
         shutil.rmtree(slot, ignore_errors=True)
         os.makedirs(slot)
-    td = _dist()
-    if td:
-        td.barrier()
+    _barrier()
     trainer.save_state(os.path.join(slot, "state"))
     if _rank() == 0:
         for name, schema in ARTIFACTS.items():
@@ -169,8 +175,7 @@ def _save_slot(ck: SegmentCheckpoints, trainer, key: str, done: int, queue: list
         os.replace(os.path.join(slot, PROGRESS_FILE + ".tmp"), os.path.join(slot, PROGRESS_FILE))
         if ck.publish is not None:
             ck.publish(slot)
-    if td:
-        td.barrier()
+    _barrier()
 
 
 def _load_slot(root: str, key: str) -> dict | None:
@@ -217,7 +222,7 @@ def find_resume(ck: SegmentCheckpoints | None, key: str) -> dict | None:
 def update_metrics(phase: str, m: dict) -> tuple[dict[str, float], list[dict]]:
     """A pass's metrics as the fine-grained update task names them, and its step log."""
     steps = list(m.get("step_log", []))
-    out = {f"{phase}/{k}": v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out = {f"{phase}/{k}": v for k, v in m.items() if isinstance(v, (int, float))}
     out[f"time/update_{phase}"] = m.get("seconds", 0.0)
     return out, steps
 
