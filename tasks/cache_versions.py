@@ -48,9 +48,9 @@ CACHE_VERSIONS = {
     "rollout": "4",
     "reward": "4",
     "recycle": "5",
-    "update": "6",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook
+    "update": "7",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 7: GRPOTrainer
     "evaluate": "5",  # 4: a Deck with this epoch's per-benchmark table
-    "segment": "1",
+    "segment": "2",
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -93,9 +93,10 @@ STAGE_SOURCES: dict[str, list[str]] = {
     "reward": _COMMON + ["tasks/reward.py", "spark_core/reward/*.py"],
     "recycle": _COMMON + ["tasks/recycle.py", "spark_core/recycle/*.py"],
     "update": _COMMON + ["tasks/update.py", "spark_core/train/__init__.py", "spark_core/train/engine.py",
+                         "spark_core/train/collectives.py",
                          "spark_core/train/grpo.py"] + _MODEL,
     "segment": _COMMON + ["tasks/segment.py", "tasks/update.py", "tasks/resources.py", "spark_core/segment.py",
-                          "spark_core/loop_plan.py", "spark_core/train/__init__.py", "spark_core/train/engine.py",
+                          "spark_core/loop_plan.py", "spark_core/train/__init__.py", "spark_core/train/collectives.py", "spark_core/train/engine.py",
                           "spark_core/train/grpo.py", "spark_core/data/*.py", "spark_core/recycle/*.py",
                           "spark_core/reward/*.py", "spark_core/evaluate/__init__.py", "spark_core/evaluate/core.py"]
                          + _ROLLOUT,
