@@ -12,9 +12,8 @@ gives its memory back). Two engines:
   parameter at a time (`GRPOTrainer.full_state_dict_iter()`), go into the engine's
   model with its `load_weights`, then `llm.wake_up(tags=["kv_cache"])`. Waking the
   KV cache after the weights keeps peak memory at weights + one gathered tensor.
-  vLLM's Qwen2.5-VL `load_weights` maps Hugging Face checkpoint names itself
-  (`hf_to_vllm_mapper`: model.language_model.* -> language_model.model.*, ...), so
-  the trainer's names only need the wrappers stripped (`hf_weight_name`).
+  The weights go in under their names in a saved checkpoint (`hf_weight_name`), which
+  vLLM's Qwen2.5-VL `load_weights` maps to its own modules (`hf_to_vllm_mapper`).
 """
 
 from __future__ import annotations
@@ -29,11 +28,21 @@ from spark_core.rollout.base import Sample, SamplingSpec
 _WRAPPERS = re.compile(r"(^|\.)(module|_orig_mod|_checkpoint_wrapped_module|_fsdp_wrapped_module)(?=\.)")
 
 
+# transformers 5 names Qwen2.5-VL modules model.language_model.* / model.visual.*, but
+# writes checkpoints in the original layout (model.* / visual.*), the one every vLLM
+# version loads
+_CHECKPOINT_PREFIXES = (("model.language_model.", "model."), ("model.visual.", "visual."))
+
+
 def hf_weight_name(name: str) -> str:
-    """The Hugging Face checkpoint name of a trainer parameter (DeepSpeed's `module.`,
-    torch.compile's `_orig_mod.` and checkpoint-wrapper segments removed)."""
-    out = _WRAPPERS.sub("", name)
-    return out.lstrip(".")
+    """The name a trainer parameter has in a saved Hugging Face checkpoint: DeepSpeed's
+    `module.`, torch.compile's `_orig_mod.` and checkpoint-wrapper segments removed, and
+    the module path mapped to the checkpoint layout."""
+    out = _WRAPPERS.sub("", name).lstrip(".")
+    for new, old in _CHECKPOINT_PREFIXES:
+        if out.startswith(new):
+            return old + out[len(new):]
+    return out
 
 
 def hf_weights(named: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
