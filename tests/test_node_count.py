@@ -58,3 +58,31 @@ def test_a_block_too_large_is_refused():
     cfg = load_config("tiny-cpu").with_overrides({"epochs": 100, "loop.block_epochs": 50})
     with pytest.raises(ValueError, match="nodes in one dynamic"):
         blocks(cfg)
+
+
+def test_segments_and_blocks_cover_every_epoch_once():
+    from spark_core.loop_plan import segments
+
+    assert segments(16, 20, 16) == [(16, 16), (32, 4)]
+    cfg = load_config("7b-8xh100").with_overrides({"epochs": 300})
+    plan = blocks(cfg)
+    covered = [e for first, n in plan for s, k in segments(first, n, cfg.loop.segment_steps) for e in range(s, s + k)]
+    assert covered == list(range(300))
+
+
+def test_loop_config_is_checked():
+    with pytest.raises(ValueError, match="loop.mode"):
+        load_config("tiny-cpu").with_overrides({"loop.mode": "fused"})
+    with pytest.raises(ValueError, match="segment_steps"):
+        load_config("tiny-cpu").with_overrides({"loop.segment_steps": 0})
+
+
+def test_state_volume_pod_template():
+    from tasks.resources import state_pod_template
+
+    assert state_pod_template("", "/mnt/x") is None  # no claim: state goes through object storage
+    pt = state_pod_template("spark-state", "/mnt/x")
+    vol = pt.pod_spec.volumes[0]
+    assert vol.persistent_volume_claim.claim_name == "spark-state"
+    mount = pt.pod_spec.containers[0].volume_mounts[0]
+    assert (mount.name, mount.mount_path) == (vol.name, "/mnt/x") and pt.primary_container_name == "primary"
