@@ -3,7 +3,9 @@
 Per epoch: rollout (sharded) -> verifiable reward -> recycle -> update on the problems
 -> recycled prompts queue up (FIFO) and, once a full batch waits, are rolled out with
 the updated policy -> reward -> update on them -> eval. Every node is cached, so a rerun or a Flyte "recover" resumes where
-the last one stopped.
+the last one stopped. The epochs run in blocks, one `spark_block` launch-plan
+execution each; in mode "segment" a block's epochs run K at a time in one colocated
+GPU node (tasks/segment.py) instead of a node per stage.
 
     pyflyte run workflows/spark.py spark                       # tiny default, CPU
     SPARK_PRESET=7b-8xh100 pyflyte run --remote workflows/spark.py spark \\
