@@ -5,6 +5,7 @@ epoch resumes there on the next attempt and ends where an uninterrupted one does
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -55,7 +56,9 @@ def test_segment_metrics_artifacts_and_resume(tiny_dir, tmp_path, monkeypatch):
         assert t.num_rows > 0, name
     assert {r["epoch"] for r in full.artifacts["rollouts"]} == {0, 1}
     assert {r["epoch"] for r in full.artifacts["eval"]} == {1, 2}
-    assert not os.listdir(tmp_path / "a") or True  # slots remain until the task clears them
+    # one resume slot, after epoch 1 of 2 (none after the last: the task saves the outputs)
+    assert sorted(os.listdir(tmp_path / "a")) == ["slot-a"]
+    assert json.load(open(tmp_path / "a" / "slot-a" / "spark_segment.json"))["done"] == 1
 
     # killed after epoch 1: the slot of epoch 1 was published, the next attempt resumes there
     published = tmp_path / "published"
