@@ -96,8 +96,8 @@ STAGE_SOURCES: dict[str, list[str]] = {
                          "spark_core/train/collectives.py",
                          "spark_core/train/grpo.py"] + _MODEL,
     "segment": _COMMON + ["tasks/segment.py", "tasks/update.py", "tasks/resources.py", "spark_core/segment.py",
-                          "spark_core/loop_plan.py", "spark_core/train/__init__.py", "spark_core/train/collectives.py", "spark_core/train/engine.py",
-                          "spark_core/train/grpo.py", "spark_core/data/*.py", "spark_core/recycle/*.py",
+                          "spark_core/loop_plan.py", "spark_core/train/__init__.py", "spark_core/train/collectives.py",
+                          "spark_core/train/engine.py", "spark_core/train/grpo.py", "spark_core/data/*.py", "spark_core/recycle/*.py",
                           "spark_core/reward/*.py", "spark_core/evaluate/__init__.py", "spark_core/evaluate/core.py"]
                          + _ROLLOUT,
 }
