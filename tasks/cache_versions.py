@@ -43,14 +43,14 @@ CACHE_VERSIONS = {
     "data": "4",
     "base_model": "4",
     "bootstrap": "5",
-    "judge_eval_set": "7",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck
+    "judge_eval_set": "8",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck
     "select_prompts": "4",
-    "rollout": "4",
+    "rollout": "5",
     "reward": "4",
     "recycle": "5",
     "update": "7",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 7: GRPOTrainer
-    "evaluate": "5",  # 4: a Deck with this epoch's per-benchmark table
-    "segment": "2",
+    "evaluate": "6",  # 4: a Deck with this epoch's per-benchmark table
+    "segment": "3",
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +75,8 @@ STAGE_TASKS = {
 _COMMON = ["tasks/__init__.py", "tasks/common.py", "spark_core/__init__.py", "spark_core/config.py",
            "spark_core/schemas.py"]
 _MODEL = ["spark_core/model/*.py"]
-_ROLLOUT = ["spark_core/rollout/*.py"] + _MODEL
+_ROLLOUT = ["spark_core/rollout/__init__.py", "spark_core/rollout/base.py", "spark_core/rollout/hf.py",
+            "spark_core/rollout/vllm_backend.py"] + _MODEL
 
 # Files (globs relative to the project root) whose bytes define each stage's behaviour.
 STAGE_SOURCES: dict[str, list[str]] = {
@@ -99,7 +100,7 @@ STAGE_SOURCES: dict[str, list[str]] = {
                           "spark_core/loop_plan.py", "spark_core/train/__init__.py", "spark_core/train/collectives.py",
                           "spark_core/train/engine.py", "spark_core/train/grpo.py", "spark_core/data/*.py", "spark_core/recycle/*.py",
                           "spark_core/reward/*.py", "spark_core/evaluate/__init__.py", "spark_core/evaluate/core.py"]
-                         + _ROLLOUT,
+                         + _ROLLOUT + ["spark_core/rollout/colocated.py"],
 }
 
 
