@@ -141,6 +141,23 @@ class EvalConfig:
 
 
 @dataclass
+class LoopConfig:
+    """How the co-evolution loop is laid out as Flyte nodes (not what it computes).
+
+    mode "dag": one small cached node per stage and epoch (the CPU default; every
+    artifact reusable on its own). mode "segment": one GPU node runs `segment_steps`
+    SPARK steps with rollout and training colocated (benchmarks/run_cost.py picks K).
+    Either way a block of `block_epochs` epochs runs as one sub-launch-plan execution,
+    so no dynamic workflow grows past a few hundred nodes (0 = sized automatically).
+    """
+
+    mode: Literal["dag", "segment"] = "dag"
+    segment_steps: int = 16
+    eval_every: int = 1  # epochs (SPARK steps) between evaluations; the last epoch is always evaluated
+    block_epochs: int = 0
+
+
+@dataclass
 class StageResources:
     cpu: str = "2"
     mem: str = "8Gi"
@@ -155,6 +172,11 @@ class ClusterConfig:
     rollout: StageResources = field(default_factory=StageResources)
     update: StageResources = field(default_factory=StageResources)
     light: StageResources = field(default_factory=lambda: StageResources(cpu="2", mem="4Gi"))
+    segment: StageResources = field(default_factory=StageResources)  # the colocated K-step node
+    # A ReadWriteMany PersistentVolumeClaim for optimizer/ZeRO state and checkpoints
+    # between nodes, mounted at state_mount_path through pod templates; "" = object storage.
+    state_volume_claim: str = ""
+    state_mount_path: str = "/mnt/spark-state"
 
 
 @dataclass
@@ -171,6 +193,7 @@ class SparkConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
 
     # ---- serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -230,6 +253,11 @@ def _from_dict(cls, d: dict[str, Any]):
     obj = cls(**kwargs)
     if cls is RecycleConfig and obj.arm not in ARMS:
         raise ValueError(f"recycle.arm must be one of {ARMS}, got {obj.arm!r}")
+    if cls is LoopConfig:
+        if obj.mode not in ("dag", "segment"):
+            raise ValueError(f"loop.mode must be 'dag' or 'segment', got {obj.mode!r}")
+        if obj.segment_steps < 1 or obj.eval_every < 1 or obj.block_epochs < 0:
+            raise ValueError(f"loop: segment_steps and eval_every must be >= 1, block_epochs >= 0: {obj}")
     return obj
 
 
@@ -246,6 +274,7 @@ def _resolve(type_name: str):
         "EvalConfig": EvalConfig,
         "StageResources": StageResources,
         "ClusterConfig": ClusterConfig,
+        "LoopConfig": LoopConfig,
     }.get(type_name)
 
 
@@ -267,13 +296,18 @@ def _gpu_preset(name: str, *, gpus: int, nnodes: int, max_new_tokens: int, rollo
     cfg.train = TrainConfig(lr=5e-7, micro_batch_size=64 // gpus, train_batch_size=64, zero_stage=3, bf16=True,
                             gradient_checkpointing=True)
     cfg.eval = EvalConfig(max_new_tokens=2048)
+    # 16 steps a segment: the smallest K at or under 20% overhead in benchmarks/run_cost.py
+    cfg.loop = LoopConfig(mode="segment", segment_steps=16, eval_every=20)
     per_node = gpus // nnodes
+    update = StageResources(cpu="96", mem="1600Gi", gpu=per_node, accelerator="nvidia-h100",
+                            nnodes=nnodes, nproc_per_node=per_node)
     cfg.cluster = ClusterConfig(
         rollout=StageResources(cpu=str(12 * rollout_tp), mem=f"{200 * rollout_tp}Gi", gpu=rollout_tp,
                                accelerator="nvidia-h100"),
-        update=StageResources(cpu="96", mem="1600Gi", gpu=per_node, accelerator="nvidia-h100",
-                              nnodes=nnodes, nproc_per_node=per_node),
+        update=update,
         light=StageResources(cpu="8", mem="32Gi"),
+        segment=dataclasses.replace(update),
+        state_volume_claim="spark-state",  # an RWX claim in the project-domain namespace
     )
     return cfg
 
@@ -370,4 +404,5 @@ def prefix_view(cfg: "SparkConfig") -> "SparkConfig":
     d["recycle"]["recycled_batch"] = 0
     d["rollout"]["prompts_per_epoch"] = RolloutConfig().prompts_per_epoch
     d["rollout"]["n_shards"] = RolloutConfig().n_shards
+    d["loop"] = dataclasses.asdict(LoopConfig())
     return SparkConfig.from_dict(d)

@@ -39,17 +39,20 @@ import sys
 # stage's sources had changed since "1"). Note why when bumping, e.g. `"rollout": "3",  # 3: top-p fixed`.
 # 3 (all stages): config gained tensor-parallel rollouts for the 32b preset
 # +1 (all stages): config batch check and train.tis_cap; fp32 LM head in the shared log-prob code (issue 9)
+# +1 (all stages): config gained the loop section and the state volume; stage bodies moved into spark_core functions shared with the segment
+# +1 (all stages): both of the above together
 CACHE_VERSIONS = {
-    "data": "4",  # 4: ViRL39K forms in the loader
-    "base_model": "4",  # 4: vision ids in responses (log-prob pass)
-    "bootstrap": "5",  # 5: loader and log-prob changes
-    "judge_eval_set": "7",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: explicit sampling knobs
-    "select_prompts": "4",  # 4: ViRL39K forms in the loader
-    "rollout": "4",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
-    "reward": "4",  # 4: config: train batch validated
-    "recycle": "5",  # 5: config: train batch validated
-    "update": "6",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: trainer and log-prob changes of issue 9
-    "evaluate": "5",  # 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
+    "data": "5",  # 4: ViRL39K forms in the loader
+    "base_model": "5",  # 4: vision ids in responses (log-prob pass)
+    "bootstrap": "6",  # 5: loader and log-prob changes
+    "judge_eval_set": "9",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: explicit sampling knobs
+    "select_prompts": "5",  # 4: ViRL39K forms in the loader
+    "rollout": "6",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
+    "reward": "5",
+    "recycle": "6",
+    "update": "8",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: issue 9 trainer; 7: GRPOTrainer
+    "evaluate": "7",  # 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
+    "segment": "4",
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,12 +71,14 @@ STAGE_TASKS = {
     "reward": [("tasks/reward.py", "score_rollouts")],
     "recycle": [("tasks/recycle.py", "recycle_rollouts"), ("tasks/recycle.py", "queue_recycled")],
     "update": [("tasks/update.py", "update_policy")],
+    "segment": [("tasks/segment.py", "run_segment")],
 }
 
 _COMMON = ["tasks/__init__.py", "tasks/common.py", "spark_core/__init__.py", "spark_core/config.py",
            "spark_core/schemas.py"]
 _MODEL = ["spark_core/model/*.py"]
-_ROLLOUT = ["spark_core/rollout/*.py"] + _MODEL
+_ROLLOUT = ["spark_core/rollout/__init__.py", "spark_core/rollout/base.py", "spark_core/rollout/hf.py",
+            "spark_core/rollout/vllm_backend.py"] + _MODEL
 
 # Files (globs relative to the project root) whose bytes define each stage's behaviour.
 STAGE_SOURCES: dict[str, list[str]] = {
@@ -90,8 +95,14 @@ STAGE_SOURCES: dict[str, list[str]] = {
     "rollout": _COMMON + ["tasks/rollout.py"] + _ROLLOUT,
     "reward": _COMMON + ["tasks/reward.py", "spark_core/reward/*.py"],
     "recycle": _COMMON + ["tasks/recycle.py", "spark_core/recycle/*.py"],
-    "update": _COMMON + ["tasks/update.py", "spark_core/train/__init__.py", "spark_core/train/engine.py", "spark_core/train/collectives.py",
+    "update": _COMMON + ["tasks/update.py", "spark_core/train/__init__.py", "spark_core/train/engine.py",
+                         "spark_core/train/collectives.py",
                          "spark_core/train/grpo.py"] + _MODEL,
+    "segment": _COMMON + ["tasks/segment.py", "tasks/update.py", "tasks/resources.py", "spark_core/segment.py",
+                          "spark_core/loop_plan.py", "spark_core/train/__init__.py", "spark_core/train/collectives.py",
+                          "spark_core/train/engine.py", "spark_core/train/grpo.py", "spark_core/data/*.py", "spark_core/recycle/*.py",
+                          "spark_core/reward/*.py", "spark_core/evaluate/__init__.py", "spark_core/evaluate/core.py"]
+                         + _ROLLOUT + ["spark_core/rollout/colocated.py"],
 }
 
 

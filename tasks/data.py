@@ -77,9 +77,8 @@ def prepare_data(config_json: str) -> PreparedData:
 @task(cache=Cache(version=CACHE_VERSIONS["select_prompts"]), container_image=light_image, resources=LIGHT)
 def select_prompts(config_json: str, train: StructuredDataset, epoch: int) -> StructuredDataset:
     from spark_core import schemas
-    from spark_core.data.batches import epoch_indices
+    from spark_core.data.batches import select_prompts as select
 
     cfg = cfg_of(config_json)
-    rows = rows_of(train, schemas.PROMPTS)
-    idx = epoch_indices(len(rows), epoch, cfg.rollout.prompts_per_epoch, cfg.seed)
-    return to_sd([rows[i] for i in idx], schemas.PROMPTS, provenance(cfg, "select_prompts", ("rollout",), epoch=str(epoch)))
+    rows = select(cfg, rows_of(train, schemas.PROMPTS), epoch)
+    return to_sd(rows, schemas.PROMPTS, provenance(cfg, "select_prompts", ("rollout",), epoch=str(epoch)))

@@ -32,23 +32,18 @@ def judge_eval_set(config_json: str, policy: Checkpoint, eval_prompts: Structure
 def evaluate_policy(config_json: str, policy: Checkpoint, eval_prompts: StructuredDataset,
                     judge_prompts: StructuredDataset, epoch: int) -> tuple[StructuredDataset, str]:
     from spark_core import schemas
-    from spark_core.evaluate.core import greedy_results, summarize
+    from spark_core.evaluate.core import evaluate
     from spark_core.rollout.hf import HFBackend
 
     cfg = cfg_of(config_json)
-    t0 = time.time()
     backend = HFBackend(policy.download(), cfg.model)
-    solve = greedy_results(backend, rows_of(eval_prompts, schemas.PROMPTS), cfg.eval.max_new_tokens, "single",
-                           cfg.reward.timeout_s, desc="eval:solve")
-    judge = greedy_results(backend, rows_of(judge_prompts, schemas.PROMPTS), cfg.eval.max_new_tokens, "judge",
-                           cfg.reward.timeout_s, desc="eval:judge")
-    metrics = {f"eval/{k}": v for k, v in summarize(solve, judge).items()}
-    metrics["time/evaluate"] = time.time() - t0
+    results, metrics = evaluate(cfg, backend, rows_of(eval_prompts, schemas.PROMPTS),
+                                       rows_of(judge_prompts, schemas.PROMPTS))
     from flytekit import Deck
 
     from spark_core.evaluate.report import deck_html
 
     per_benchmark = {k.split("eval/accuracy/", 1)[1]: v for k, v in metrics.items() if k.startswith("eval/accuracy/")}
     Deck(f"Evaluation, epoch {epoch}", deck_html([metrics], per_benchmark))
-    out = to_sd(solve + judge, schemas.EVAL_RESULTS, provenance(cfg, "evaluate", ("eval",), epoch=str(epoch)))
+    out = to_sd(results, schemas.EVAL_RESULTS, provenance(cfg, "evaluate", ("eval",), epoch=str(epoch)))
     return out, json.dumps(metrics)

@@ -17,12 +17,10 @@ from tasks.resources import LIGHT
 def recycle_rollouts(config_json: str, prompts: StructuredDataset, scored: StructuredDataset,
                      epoch: int) -> StructuredDataset:
     from spark_core import schemas
-    from spark_core.recycle import recycle
+    from spark_core.recycle.stage import recycle
 
     cfg = cfg_of(config_json)
-    batch = cfg.recycle.recycled_batch or cfg.rollout.prompts_per_epoch
-    out = recycle(rows_of(prompts, schemas.PROMPTS), rows_of(scored, schemas.SCORED_ROLLOUTS), cfg.recycle,
-                  batch_size=batch, epoch=epoch)
+    out = recycle(cfg, rows_of(prompts, schemas.PROMPTS), rows_of(scored, schemas.SCORED_ROLLOUTS), epoch)
     return to_sd(out, schemas.PROMPTS, provenance(cfg, "recycle", ("recycle",), epoch=str(epoch)))
 
 
@@ -35,11 +33,10 @@ class QueueOutput(NamedTuple):
 def queue_recycled(config_json: str, queue: Optional[StructuredDataset], new: StructuredDataset,
                    epoch: int) -> QueueOutput:
     from spark_core import schemas
-    from spark_core.recycle.fifo import push_pop
+    from spark_core.recycle.stage import queue as fifo
 
     cfg = cfg_of(config_json)
-    batch_size = cfg.recycle.recycled_batch or cfg.rollout.prompts_per_epoch
     waiting = rows_of(queue, schemas.PROMPTS) if queue is not None else []
-    batch, rest = push_pop(waiting, rows_of(new, schemas.PROMPTS), batch_size)
+    batch, rest = fifo(cfg, waiting, rows_of(new, schemas.PROMPTS))
     meta = provenance(cfg, "recycle", ("recycle", "rollout"), epoch=str(epoch))
     return QueueOutput(to_sd(batch, schemas.PROMPTS, meta), to_sd(rest, schemas.PROMPTS, meta))

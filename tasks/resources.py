@@ -36,5 +36,36 @@ def stage_accelerator(stage: StageResources):
 LIGHT = stage_resources(CLUSTER.light)
 ROLLOUT = stage_resources(CLUSTER.rollout)
 UPDATE = stage_resources(CLUSTER.update)
+SEGMENT = stage_resources(CLUSTER.segment)
 ROLLOUT_ACCELERATOR = stage_accelerator(CLUSTER.rollout)
 UPDATE_ACCELERATOR = stage_accelerator(CLUSTER.update)
+SEGMENT_ACCELERATOR = stage_accelerator(CLUSTER.segment)
+
+# The shared state volume: the preset's claim, or SPARK_STATE_VOLUME_CLAIM when set
+# ("" turns it off, e.g. on a cluster without a ReadWriteMany storage class).
+STATE_CLAIM = os.environ.get("SPARK_STATE_VOLUME_CLAIM", CLUSTER.state_volume_claim)
+STATE_MOUNT = CLUSTER.state_mount_path
+STATE_DIR_ENV = "SPARK_STATE_DIR"  # where a task finds the mounted volume (unset: object storage)
+
+
+def state_pod_template(claim: str, mount_path: str):
+    """A pod template mounting the state claim at mount_path in the task's container,
+    or None without a claim. /dev/shm comes from the task's shared_memory flag."""
+    if not claim:
+        return None
+    from flytekit import PodTemplate
+    from kubernetes.client import (V1Container, V1PersistentVolumeClaimVolumeSource, V1PodSpec, V1Volume,
+                                   V1VolumeMount)
+
+    return PodTemplate(
+        primary_container_name="primary",
+        pod_spec=V1PodSpec(
+            containers=[V1Container(name="primary", volume_mounts=[V1VolumeMount(name="spark-state",
+                                                                                 mount_path=mount_path)])],
+            volumes=[V1Volume(name="spark-state",
+                              persistent_volume_claim=V1PersistentVolumeClaimVolumeSource(claim_name=claim))]),
+    )
+
+
+STATE_POD_TEMPLATE = state_pod_template(STATE_CLAIM, STATE_MOUNT)
+STATE_ENV = {STATE_DIR_ENV: STATE_MOUNT} if STATE_CLAIM else {}

@@ -19,26 +19,15 @@ def rollout_shard(config_json: str, policy: Checkpoint, prompts: StructuredDatas
     import time
 
     from spark_core import schemas
-    from spark_core.rollout.base import SamplingSpec, make_backend
+    from spark_core.rollout.base import make_backend, rollout_rows, shard_seed
 
     cfg = cfg_of(config_json)
     rows = rows_of(prompts, schemas.PROMPTS)[shard::n_shards]
     meta = provenance(cfg, "rollout", ("model", "rollout"), tag=tag, seed=str(seed), shard=str(shard))
     if not rows:
         return to_sd([], schemas.ROLLOUTS, meta)
-    r = cfg.rollout
     t0 = time.time()
-    backend = make_backend(r.backend, policy.download(), cfg.model, r)
-    spec = SamplingSpec(n=r.n_samples, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
-                        seed=seed * 1000 + shard)
-    samples = backend.generate(rows, spec, desc=f"rollout[{tag}:{shard}]")
-    kinds = {row["prompt_id"]: (row["kind"], row["answer"]) for row in rows}
-    out = [
-        {"prompt_id": s.prompt_id, "rollout_id": f"{s.prompt_id}#{tag}.{s.sample_index}", "kind": kinds[s.prompt_id][0],
-         "sample_index": s.sample_index, "answer": kinds[s.prompt_id][1], "response": s.response,
-         "prompt_token_ids": s.prompt_token_ids, "response_token_ids": s.response_token_ids,
-         "old_logprobs": s.logprobs, "finish_reason": s.finish_reason}
-        for s in samples
-    ]
+    backend = make_backend(cfg.rollout.backend, policy.download(), cfg.model, cfg.rollout)
+    out = rollout_rows(cfg, backend, rows, tag, shard_seed(seed, shard), desc=f"rollout[{tag}:{shard}]")
     meta["spark.seconds"] = f"{time.time() - t0:.2f}"
     return to_sd(out, schemas.ROLLOUTS, meta)

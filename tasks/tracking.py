@@ -40,3 +40,21 @@ def finish_tracking(run_id: str, epoch_metrics: list[str]) -> str:
 
     tracking.end_run(run_id)
     return json.dumps([json.loads(m) for m in epoch_metrics])
+
+
+@task(container_image=light_image, resources=LIGHT)
+def log_segment(run_id: str, first_epoch: int, metrics: str) -> list[str]:
+    """Log a segment's epochs (a JSON list of merged dicts) at steps first_epoch+1, ..."""
+    from spark_core import tracking
+
+    out = []
+    for i, m in enumerate(json.loads(metrics)):
+        tracking.log_metrics(run_id, m, step=first_epoch + i + 1)
+        out.append(json.dumps(m))
+    return out
+
+
+@task(container_image=light_image, resources=LIGHT)
+def join_logs(parts: list[list[str]]) -> list[str]:
+    """The epochs' logs of several blocks or segments, in order, as one list."""
+    return [m for part in parts for m in part]

@@ -46,10 +46,11 @@ STAGE_OF_TASK = {
 }
 ROLLOUT_IMAGE_TASKS = {"tasks.rollout.rollout_shard", "tasks.evaluate.evaluate_policy",
                        "tasks.evaluate.judge_eval_set"}
-TRAINER_IMAGE_TASKS = {"tasks.update.update_policy", "tasks.model.bootstrap"}
+TRAINER_IMAGE_TASKS = {"tasks.update.update_policy", "tasks.model.bootstrap", "tasks.segment.run_segment"}
 ROLLOUT = "tasks.rollout.rollout_shard"
 EVALUATE = "tasks.evaluate.evaluate_policy"
 UPDATE = "tasks.update.update_policy"
+SEGMENT = "tasks.segment.run_segment"
 
 
 def stage_of(task_name: str) -> str:
@@ -128,8 +129,21 @@ def template(pkg: dict, name: str) -> dict:
     return pkg["tasks"][name]["template"]
 
 
+def container(tmpl: dict) -> dict:
+    """The task's container: the plain one, or the primary container of its pod template."""
+    if "container" in tmpl:
+        return tmpl["container"]
+    pod = tmpl["k8sPod"]
+    name = tmpl["config"]["primary_container_name"]
+    return next(c for c in pod["podSpec"]["containers"] if c["name"] == name)
+
+
 def resources(tmpl: dict) -> tuple[dict[str, str], dict[str, str]]:
-    res = tmpl["container"].get("resources", {})
+    res = container(tmpl).get("resources", {})
+    if "container" not in tmpl:  # a pod spec: Kubernetes names and quantities
+        names = {"gpu": "GPU", "nvidia.com/gpu": "GPU", "cpu": "CPU", "memory": "MEMORY"}
+        conv = lambda d: {names.get(k, k): str(v) for k, v in (d or {}).items()}  # noqa: E731
+        return conv(res.get("requests")), conv(res.get("limits"))
     as_map = lambda items: {r["name"]: r["value"] for r in items}  # noqa: E731
     return as_map(res.get("requests", [])), as_map(res.get("limits", []))
 
@@ -143,7 +157,10 @@ def shared_memory(tmpl: dict) -> dict | None:
 
 
 def env_of(tmpl: dict) -> dict[str, str]:
-    return {e["key"]: e["value"] for e in tmpl["container"].get("env", [])}
+    c = container(tmpl)
+    if "container" not in tmpl:
+        return {e["name"]: e.get("value", "") for e in c.get("env", [])}
+    return {e["key"]: e["value"] for e in c.get("env", [])}
 
 
 # ---- every preset -------------------------------------------------------------
@@ -178,7 +195,7 @@ def test_images_per_task(packages, preset):
     the default, which no task uses."""
     pkg = packages[preset]
     for name in pkg["tasks"]:
-        image = template(pkg, name)["container"]["image"]
+        image = container(template(pkg, name))["image"]
         assert image.startswith(f"{REGISTRY}/"), (name, image)
         assert image != DEFAULT_IMAGE
         repo, tag = image.rsplit(":", 1)
@@ -240,7 +257,7 @@ def test_7b_update_is_single_node_elastic_on_8_h100(packages):
     assert tmpl.get("taskTypeVersion") == 1
     assert not tmpl.get("custom")
     # ...so the pod rebuilds the torchrun launch config by importing the task module:
-    args = tmpl["container"]["args"]
+    args = container(tmpl)["args"]
     assert args[0] == "pyflyte-execute"
     assert args[args.index("task-module") + 1] == "tasks.update"
     assert args[args.index("task-name") + 1] == "update_policy"
@@ -248,12 +265,12 @@ def test_7b_update_is_single_node_elastic_on_8_h100(packages):
     assert env["OMP_NUM_THREADS"] == "1" and env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] == "1"
 
 
-def _elastic_in_pod(tmpl: dict) -> dict:
+def _elastic_in_pod(tmpl: dict, module: str = "tasks.update", task: str = "update_policy") -> dict:
     """The Elastic config the update pod builds when it imports tasks.update: the pod's
     environment is the task's container env (plus the image's), not the registering shell's."""
     env = {k: v for k, v in os.environ.items() if k != "SPARK_PRESET"}
     env.update(env_of(tmpl))
-    code = ("import json, tasks.update as u; c = u.update_policy.task_config; "
+    code = (f"import json, {module} as u; c = u.{task}.task_config; "
             "print(json.dumps({'nnodes': c.nnodes, 'nproc_per_node': c.nproc_per_node}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=300)
@@ -263,6 +280,50 @@ def _elastic_in_pod(tmpl: dict) -> dict:
 
 def test_7b_update_pod_launches_8_processes(packages):
     assert _elastic_in_pod(template(packages["7b-8xh100"], UPDATE)) == {"nnodes": 1, "nproc_per_node": 8}
+
+
+# ---- segments, the state volume and blocks of epochs -----------------------------
+
+
+def _state_volume(tmpl: dict) -> tuple[str, str]:
+    """(claim name, mount path) of the state volume in a task's pod template."""
+    pod = tmpl["k8sPod"]["podSpec"]
+    vols = {v["name"]: v for v in pod["volumes"]}
+    claim = vols["spark-state"]["persistentVolumeClaim"]["claimName"]
+    mounts = {m["name"]: m["mountPath"] for m in container(tmpl).get("volumeMounts", [])}
+    return claim, mounts["spark-state"]
+
+
+@pytest.mark.parametrize("preset", ["7b-8xh100", "32b-16xh100"])
+def test_gpu_segment_mounts_the_state_volume(packages, preset):
+    tmpl = template(packages[preset], SEGMENT)
+    assert _state_volume(tmpl) == ("spark-state", "/mnt/spark-state")
+    env = env_of(tmpl)
+    assert env["SPARK_STATE_DIR"] == "/mnt/spark-state" and env["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+    req, lim = resources(tmpl)
+    assert req["GPU"] == lim["GPU"] == "8"
+    assert accelerator(tmpl) == "nvidia-h100" and shared_memory(tmpl)["mountPath"] == "/dev/shm"
+    assert container(tmpl)["image"].startswith(f"{REGISTRY}/spark-trainer:")
+
+
+def test_7b_segment_pod_launches_8_processes(packages):
+    tmpl = template(packages["7b-8xh100"], SEGMENT)
+    assert tmpl["type"] == "python-task"
+    assert _elastic_in_pod(tmpl, "tasks.segment", "run_segment") == {"nnodes": 1, "nproc_per_node": 8}
+
+
+def test_tiny_segment_keeps_state_in_object_storage(packages):
+    tmpl = template(packages["tiny-cpu"], SEGMENT)
+    assert "k8sPod" not in tmpl and "SPARK_STATE_DIR" not in env_of(tmpl)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_blocks_of_epochs_are_a_launch_plan(packages, preset):
+    pkg = packages[preset]
+    lp = pkg["launch_plans"]["spark_block"]
+    assert lp["spec"]["workflowId"]["name"] == "workflows.spark.spark_block"
+    assert "workflows.spark.coevolve_block" in pkg["tasks"]
+    assert env_of(template(pkg, "workflows.spark.coevolve_block"))["SPARK_PRESET"] == preset
 
 
 # ---- 32b-16xh100 ----------------------------------------------------------------

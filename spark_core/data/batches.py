@@ -19,3 +19,9 @@ def epoch_indices(n_rows: int, epoch: int, batch: int, seed: int) -> list[int]:
         take = min(batch - len(out), n_rows - offset)
         out.extend(perm[offset : offset + take])
     return out
+
+
+def select_prompts(cfg, train: list[dict], epoch: int) -> list[dict]:
+    """The problems of `epoch`: consecutive slices of seeded permutations of `train`."""
+    idx = epoch_indices(len(train), epoch, cfg.rollout.prompts_per_epoch, cfg.seed)
+    return [train[i] for i in idx]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 from spark_core import schemas
@@ -50,3 +51,16 @@ def summarize(solve: list[dict], judge: list[dict]) -> dict[str, float]:
 
 def results_table(rows: list[dict]):
     return schemas.table(rows, schemas.EVAL_RESULTS)
+
+
+def evaluate(cfg, backend, eval_prompts: list[dict], judge_prompts: list[dict]
+             ) -> tuple[list[dict], dict[str, float]]:
+    """Greedy single-pass accuracy and judge accuracy: EVAL_RESULTS rows and `eval/...` metrics."""
+    t0 = time.time()
+    solve = greedy_results(backend, eval_prompts, cfg.eval.max_new_tokens, "single", cfg.reward.timeout_s,
+                           desc="eval:solve")
+    judge = greedy_results(backend, judge_prompts, cfg.eval.max_new_tokens, "judge", cfg.reward.timeout_s,
+                           desc="eval:judge")
+    metrics = {f"eval/{k}": v for k, v in summarize(solve, judge).items()}
+    metrics["time/evaluate"] = time.time() - t0
+    return solve + judge, metrics

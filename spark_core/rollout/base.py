@@ -94,3 +94,26 @@ def make_backend(name: str, model_dir: str, model_cfg, rollout_cfg=None) -> Roll
                       "gpu_memory_utilization": rollout_cfg.gpu_memory_utilization}
         return VLLMBackend(model_dir, model_cfg, **engine)
     raise ValueError(f"unknown rollout backend {name!r}; choose 'hf' or 'vllm'")
+
+
+def rollout_rows(cfg, backend, prompts: list[dict], tag: str, seed: int, desc: str = "") -> list[dict]:
+    """G samples per prompt as ROLLOUTS rows (rollout ids carry the tag: "e3-policy")."""
+    if not prompts:
+        return []
+    r = cfg.rollout
+    spec = SamplingSpec(n=r.n_samples, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
+                        seed=seed)
+    samples = backend.generate(prompts, spec, desc=desc or f"rollout[{tag}]")
+    kinds = {row["prompt_id"]: (row["kind"], row["answer"]) for row in prompts}
+    return [
+        {"prompt_id": s.prompt_id, "rollout_id": f"{s.prompt_id}#{tag}.{s.sample_index}", "kind": kinds[s.prompt_id][0],
+         "sample_index": s.sample_index, "answer": kinds[s.prompt_id][1], "response": s.response,
+         "prompt_token_ids": s.prompt_token_ids, "response_token_ids": s.response_token_ids,
+         "old_logprobs": s.logprobs, "finish_reason": s.finish_reason}
+        for s in samples
+    ]
+
+
+def shard_seed(seed: int, shard: int) -> int:
+    """The sampling seed of one rollout shard (the segment rolls out as shard 0)."""
+    return seed * 1000 + shard

@@ -43,3 +43,18 @@ def all_reduce_values(values: list[float], op=ReduceOp.SUM, group=None,
 
 def barrier(group=None) -> None:
     tdist.barrier(group=group)
+
+
+def broadcast_object(obj, src: int = 0, group=None):
+    """`src`'s Python object on every rank (pickled; torch puts the bytes on the group's
+    device, the current CUDA device under NCCL)."""
+    box = [obj]
+    tdist.broadcast_object_list(box, src=src, group=group)
+    return box[0]
+
+
+def all_gather_objects(obj, group=None) -> list:
+    """Every rank's Python object, in rank order."""
+    out: list = [None] * tdist.get_world_size(group)
+    tdist.all_gather_object(out, obj, group=group)
+    return out

@@ -1,0 +1,324 @@
+"""A segment: K SPARK steps (epochs) in one process group, rollout and training colocated.
+
+Per epoch, with the same stage bodies as the fine-grained tasks (select_prompts,
+rollout_rows, score, recycle, queue, evaluate from their spark_core packages):
+
+    select prompts -> rollout (policy as it is) -> reward -> recycle
+      -> GRPO update on the problems
+      -> recycled prompts join the FIFO; a full batch is rolled out with the
+         just-updated policy -> reward -> GRPO update on it
+      -> evaluation every loop.eval_every epochs
+
+The trainer (GRPOTrainer, or anything with its interface) lives for the whole segment,
+so the optimizer state stays in memory; the rollout engine shares its process and GPUs
+(spark_core.rollout.colocated: `sync` before generating, `release` before training).
+Each pass is still 64 prompts x 8 samples per policy update on the 7B preset, and the
+recycled pass is generated after the policy update of the same epoch: the on-policy
+batch of SPARK is unchanged, only the Flyte node boundary moves.
+
+Resume: after every finished epoch but the last, the trainer state, the queue, the
+artifacts so far and the metrics are saved as one slot under `checkpoints.local_dir`
+and published (Flyte's intra-task checkpoint, or a directory on the shared state
+volume); a restarted segment of the same inputs continues after the last saved epoch.
+
+Every rank runs this function. Generation is split over data-parallel groups of
+`tensor_parallel_size` ranks and gathered; everything else is computed on rank 0 and
+broadcast, so all ranks train on the same rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from spark_core import schemas
+from spark_core.config import SparkConfig, trained_passes
+from spark_core.data.batches import select_prompts
+from spark_core.evaluate.core import evaluate
+from spark_core.loop_plan import evaluates_at
+from spark_core.recycle.stage import queue as fifo
+from spark_core.recycle.stage import recycle
+from spark_core.reward.stage import score as score_rows
+from spark_core.rollout.base import rollout_rows, shard_seed
+
+log = logging.getLogger(__name__)
+
+CRASH_AFTER_EPOCH_ENV = "SPARK_FAULT_CRASH_SEGMENT_AFTER_EPOCH"  # test hook: fail once this many epochs are done
+PROGRESS_FILE = "spark_segment.json"
+# artifact name -> schema of its rows (each row also carries its epoch)
+ARTIFACTS = {"rollouts": schemas.ROLLOUTS, "scored": schemas.SCORED_ROLLOUTS, "recycled": schemas.PROMPTS,
+             "eval": schemas.EVAL_RESULTS, "steps": schemas.TRAIN_STEPS}
+
+
+def with_epoch(schema: pa.Schema) -> pa.Schema:
+    """A stage schema plus the epoch of each row (segment outputs hold several epochs)."""
+    return pa.schema(list(schema) + [("epoch", pa.int32())], metadata=schema.metadata)
+
+
+@dataclass
+class SegmentCheckpoints:
+    """Where a segment keeps its resume slots and how they outlive the pod.
+
+    local_dir: a directory of this pod (or on the shared volume) for the live slots.
+    restore: fetch the last published checkpoint into an empty directory; True if any.
+    publish: make a finished slot durable (a directory's contents land at the top).
+    """
+
+    local_dir: str
+    restore: Callable[[str], bool] | None = None
+    publish: Callable[[str], None] | None = None
+
+
+@dataclass
+class SegmentResult:
+    artifacts: dict[str, list[dict]]  # ARTIFACTS name -> rows (with "epoch")
+    queue: list[dict]  # recycled prompts still waiting after the last epoch
+    epoch_metrics: list[dict[str, float]]  # one merged dict per epoch, as the fine-grained loop logs
+    first_epoch: int
+    resumed_epochs: int  # epochs restored from a checkpoint instead of recomputed
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- distribution
+
+
+def _dist():
+    """torch.distributed when this segment runs on several ranks, else None."""
+    import torch.distributed as td
+
+    if td.is_available() and td.is_initialized() and td.get_world_size() > 1:
+        return td
+    return None
+
+
+def _rank() -> int:
+    td = _dist()
+    return td.get_rank() if td else 0
+
+
+def _bcast(obj):
+    """rank 0's value on every rank."""
+    if _dist() is None:
+        return obj
+    from spark_core.train.collectives import broadcast_object
+
+    return broadcast_object(obj if _rank() == 0 else None)
+
+
+def _barrier() -> None:
+    if _dist() is not None:
+        from spark_core.train.collectives import barrier
+
+        barrier()
+
+
+class SplitGenerate:
+    """A rollout engine whose generate() splits prompts over data-parallel groups of
+    `tp` ranks and returns every sample, in prompt order, on every rank."""
+
+    def __init__(self, engine, tp: int = 1):
+        self.engine, self.tp = engine, max(1, tp)
+
+    def generate(self, prompts, spec, desc: str = "rollout"):
+        td = _dist()
+        if td is None:
+            return self.engine.generate(prompts, spec, desc=desc)
+        world, rank = td.get_world_size(), td.get_rank()
+        groups = max(1, world // self.tp)
+        group = rank // self.tp
+        from spark_core.train.collectives import all_gather_objects
+
+        mine = self.engine.generate(prompts[group::groups], spec, desc=desc)
+        gathered = all_gather_objects(mine if rank % self.tp == 0 else None)
+        by_prompt: dict[str, list] = {}
+        for part in gathered:
+            for s in part or []:
+                by_prompt.setdefault(s.prompt_id, []).append(s)
+        return [s for p in prompts for s in sorted(by_prompt.get(p["prompt_id"], []), key=lambda s: s.sample_index)]
+
+
+# ---------------------------------------------------------------- resume slots
+
+
+def _write_rows(path: str, rows: list[dict], schema: pa.Schema) -> None:
+    pq.write_table(schemas.table(rows, schema), path)
+
+
+def _read_rows(path: str, schema: pa.Schema) -> list[dict]:
+    return schemas.conform(pq.read_table(path), schema).to_pylist()
+
+
+def _save_slot(ck: SegmentCheckpoints, trainer, key: str, done: int, queue: list[dict],
+               artifacts: dict[str, list[dict]], metrics: list[dict]) -> None:
+    """Trainer state on every rank, then rows and progress on rank 0; published last."""
+    slot = os.path.join(ck.local_dir, "slot-" + ("a" if done % 2 else "b"))
+    if _rank() == 0:
+        shutil.rmtree(slot, ignore_errors=True)
+        os.makedirs(slot)
+    _barrier()
+    trainer.save_state(os.path.join(slot, "state"))
+    if _rank() == 0:
+        for name, schema in ARTIFACTS.items():
+            _write_rows(os.path.join(slot, f"{name}.parquet"), artifacts[name], with_epoch(schema))
+        _write_rows(os.path.join(slot, "queue.parquet"), queue, schemas.PROMPTS)
+        with open(os.path.join(slot, PROGRESS_FILE + ".tmp"), "w") as f:
+            json.dump({"key": key, "done": done, "metrics": metrics}, f)
+        os.replace(os.path.join(slot, PROGRESS_FILE + ".tmp"), os.path.join(slot, PROGRESS_FILE))
+        if ck.publish is not None:
+            ck.publish(slot)
+    _barrier()
+
+
+def _load_slot(root: str, key: str) -> dict | None:
+    path = os.path.join(root, PROGRESS_FILE)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            progress = json.load(f)
+    except (OSError, ValueError) as e:
+        log.warning("ignoring an unreadable segment checkpoint %s: %s", path, e)
+        return None
+    if progress.get("key") != key:
+        log.info("segment checkpoint in %s belongs to other inputs; not resuming from it", root)
+        return None
+    return dict(progress, root=root)
+
+
+def find_resume(ck: SegmentCheckpoints | None, key: str) -> dict | None:
+    """The newest saved slot of this segment (same key), from the last attempt's
+    published checkpoint or from a live slot in local_dir; None to start afresh."""
+    if ck is None:
+        return None
+    best = None
+    if _rank() == 0:
+        roots = [os.path.join(ck.local_dir, s) for s in ("slot-a", "slot-b")]
+        if ck.restore is not None:
+            restored = os.path.join(ck.local_dir, "restored")
+            shutil.rmtree(restored, ignore_errors=True)
+            os.makedirs(restored)
+            try:
+                if ck.restore(restored):
+                    roots.append(restored)
+            except Exception as e:  # noqa: BLE001 - a lost checkpoint means starting over, not failing
+                log.warning("could not restore the segment checkpoint (%s); starting the segment over", e)
+        found = [p for p in (_load_slot(r, key) for r in roots) if p is not None]
+        best = max(found, key=lambda p: p["done"]) if found else None
+    return _bcast(best)
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def update_metrics(phase: str, m: dict) -> tuple[dict[str, float], list[dict]]:
+    """A pass's metrics as the fine-grained update task names them, and its step log."""
+    steps = list(m.get("step_log", []))
+    out = {f"{phase}/{k}": v for k, v in m.items() if isinstance(v, (int, float))}
+    out[f"time/update_{phase}"] = m.get("seconds", 0.0)
+    return out, steps
+
+
+def run_segment(cfg: SparkConfig, *, make_trainer: Callable[[str | None], Any], make_engine: Callable[[Any], Any],
+                train: list[dict], eval_prompts: list[dict], judge_prompts: list[dict], queue: list[dict],
+                first_epoch: int, n_epochs: int, state_in: str | None, key: str,
+                checkpoints: SegmentCheckpoints | None = None, desc: str = "segment") -> tuple[SegmentResult, Any]:
+    """Run epochs first_epoch .. first_epoch + n_epochs - 1. Returns the result (the
+    same on every rank) and the live trainer, for the caller to save."""
+    t_start = time.time()
+    passes = trained_passes(cfg.recycle.arm)
+    resume = find_resume(checkpoints, key)
+    artifacts: dict[str, list[dict]] = {name: [] for name in ARTIFACTS}
+    metrics: list[dict] = []
+    done = 0
+    if resume is not None:
+        done = int(resume["done"])
+        metrics = list(resume["metrics"])
+        if _rank() == 0:
+            artifacts = {n: _read_rows(os.path.join(resume["root"], f"{n}.parquet"), with_epoch(s))
+                         for n, s in ARTIFACTS.items()}
+            queue = _read_rows(os.path.join(resume["root"], "queue.parquet"), schemas.PROMPTS)
+        artifacts, queue = _bcast((artifacts, queue))
+        log.warning("%s: resuming after %d finished epochs (at epoch %d)", desc, done, first_epoch + done)
+    trainer = make_trainer(os.path.join(resume["root"], "state") if resume is not None else state_in)
+    engine = make_engine(trainer)
+    gen = SplitGenerate(engine, cfg.rollout.tensor_parallel_size)
+    crash_after = int(os.environ.get(CRASH_AFTER_EPOCH_ENV, "0") or "0")
+    timings: dict[str, float] = {"rollout": 0.0, "train": 0.0, "sync": 0.0, "eval": 0.0, "checkpoint": 0.0}
+
+    def rollout(prompts: list[dict], tag: str, seed: int, e: int) -> list[dict]:
+        t = time.time()
+        engine.sync(trainer)
+        timings["sync"] += time.time() - t
+        t = time.time()
+        rows = rollout_rows(cfg, gen, prompts, tag, shard_seed(seed, 0), desc=f"{desc}:rollout[{tag}]")
+        engine.release()
+        timings["rollout"] += time.time() - t
+        artifacts["rollouts"].extend(dict(r, epoch=e) for r in rows)
+        return rows
+
+    def score(rows: list[dict], tag: str, e: int):
+        scored, m = _bcast(score_rows(cfg, rows, tag) if _rank() == 0 else None)
+        artifacts["scored"].extend(dict(r, epoch=e) for r in scored)
+        return scored, m
+
+    def update(prompts: list[dict], scored: list[dict], phase: str, e: int) -> dict:
+        if not scored:  # nothing recycled this epoch: the policy carries over
+            return {f"{phase}/steps": 0}
+        t = time.time()
+        m, steps = update_metrics(phase, trainer.train_pass(prompts, scored, phase))
+        timings["train"] += time.time() - t
+        artifacts["steps"].extend(dict(s, epoch=e) for s in steps)
+        return m
+
+    for i in range(done, n_epochs):
+        e = first_epoch + i
+        prompts = select_prompts(cfg, train, e)
+        rows = rollout(prompts, f"e{e}-policy", cfg.seed + 2 * e, e)
+        scored, rm = score(rows, "policy", e)
+        recycled = _bcast(recycle(cfg, prompts, scored, e) if _rank() == 0 else None)
+        artifacts["recycled"].extend(dict(r, epoch=e) for r in recycled)
+        merged = dict(rm)
+        if "policy" in passes:
+            merged.update(update(prompts, scored, "policy", e))
+        if cfg.recycle.arm != "policy":
+            batch, queue = fifo(cfg, queue, recycled)
+            rrows = rollout(batch, f"e{e}-recycled", cfg.seed + 2 * e + 1, e)  # the just-updated policy
+            rscored, rrm = score(rrows, "recycled", e)
+            merged.update(rrm)
+            if "recycled" in passes:
+                merged.update(update(batch, rscored, "recycled", e))
+        if evaluates_at(cfg, e):
+            t = time.time()
+            engine.sync(trainer)
+            results, em = evaluate(cfg, gen, eval_prompts, judge_prompts)
+            engine.release()
+            results, em = _bcast((results, em))
+            timings["eval"] += time.time() - t
+            artifacts["eval"].extend(dict(r, epoch=e + 1) for r in results)
+            merged.update(em)
+        metrics.append(merged)
+        if checkpoints is not None and i + 1 < n_epochs:
+            t = time.time()
+            _save_slot(checkpoints, trainer, key, i + 1, queue, artifacts, metrics)
+            timings["checkpoint"] += time.time() - t
+        if crash_after and e + 1 == crash_after:
+            raise RuntimeError(f"{CRASH_AFTER_EPOCH_ENV}={crash_after}: simulated crash after epoch {e + 1}")
+    result = SegmentResult(artifacts=artifacts, queue=queue, epoch_metrics=metrics, first_epoch=first_epoch,
+                           resumed_epochs=done, seconds=time.time() - t_start, timings=timings)
+    return result, trainer
+
+
+def clear_checkpoints(ck: SegmentCheckpoints | None) -> None:
+    """A finished segment's resume slots are not needed any more (rank 0)."""
+    if ck is not None and _rank() == 0:
+        for sub in ("slot-a", "slot-b", "restored"):
+            shutil.rmtree(os.path.join(ck.local_dir, sub), ignore_errors=True)

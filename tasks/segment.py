@@ -1,0 +1,131 @@
+"""The segment task: K SPARK epochs on one node, rollout and training colocated.
+
+An Elastic (torchrun) task like tasks/update.py; every rank runs spark_core.segment.
+It still hands back every stage's artifacts as outputs of its node: rollouts, scored
+rollouts, recycled prompts, evaluation results and training steps as Parquet with the
+declared schemas plus an `epoch` column, the policy checkpoint, the optimizer state,
+the FIFO of waiting recycled prompts and the per-epoch metrics.
+
+State between nodes: with a state volume (cluster.state_volume_claim, mounted through
+the pod template at $SPARK_STATE_DIR) the optimizer/ZeRO state and the resume slots
+stay on the volume and the state output is a reference to that path (nothing
+uploaded); without one they go through object storage and Flyte's intra-task
+checkpoint. Either way a retry of the task resumes after the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import NamedTuple, Optional
+
+from flytekit import Cache, task
+from flytekit.types.directory import FlyteDirectory
+from flytekit.types.structured import StructuredDataset
+
+from images import trainer_image
+from tasks.cache_versions import CACHE_VERSIONS
+from tasks.common import Checkpoint, cfg_of, dir_digest, provenance, rows_of, to_sd
+from tasks.resources import (CLUSTER, PRESET, SEGMENT, SEGMENT_ACCELERATOR, STATE_DIR_ENV, STATE_ENV,
+                             STATE_POD_TEMPLATE)
+from tasks.update import elastic_config
+
+
+class SegmentOutput(NamedTuple):
+    policy: Checkpoint
+    state: FlyteDirectory
+    queue: StructuredDataset  # recycled prompts still waiting (PROMPTS)
+    rollouts: StructuredDataset  # ROLLOUTS + epoch
+    scored: StructuredDataset  # SCORED_ROLLOUTS + epoch
+    recycled: StructuredDataset  # PROMPTS + epoch
+    eval_results: StructuredDataset  # EVAL_RESULTS + epoch
+    steps: StructuredDataset  # TRAIN_STEPS + epoch
+    metrics: str  # JSON list: one merged metrics dict per epoch
+
+
+def _identity(d: Optional[FlyteDirectory]) -> str:
+    """A stable name for an input directory: its content hash when small and local
+    (so a rerun of the same inputs finds its resume slots), else its URI."""
+    if d is None:
+        return ""
+    path = str(d.path)
+    if os.path.isdir(path) and sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs) < 2**30:
+        return dir_digest(d)
+    return str(getattr(d, "remote_source", None) or path)
+
+
+def _state_root() -> str | None:
+    root = os.environ.get(STATE_DIR_ENV, "")
+    return root if root and os.path.isdir(root) else None
+
+
+def segment_checkpoints(key: str):
+    """Resume slots on the state volume when mounted (any node sees them); otherwise
+    in the pod's temp dir, published through Flyte's intra-task checkpoint."""
+    from flytekit import current_context
+
+    from spark_core.segment import SegmentCheckpoints
+
+    root = _state_root()
+    if root is not None:
+        return SegmentCheckpoints(os.path.join(root, "resume", key))
+    local = os.path.join(tempfile.gettempdir(), "spark-segment", key)
+    try:
+        cp = current_context().checkpoint
+    except NotImplementedError:  # no intra-task checkpoints here: restarts in this pod only
+        return SegmentCheckpoints(local)
+    return SegmentCheckpoints(local, restore=lambda d: cp.restore(d) is not None, publish=cp.save)
+
+
+@task(task_config=elastic_config(CLUSTER.segment.nnodes, CLUSTER.segment.nproc_per_node),
+      cache=Cache(version=CACHE_VERSIONS["segment"]), container_image=trainer_image,
+      resources=SEGMENT, accelerator=SEGMENT_ACCELERATOR, shared_memory=True, retries=2,
+      pod_template=STATE_POD_TEMPLATE,
+      environment={"SPARK_PRESET": PRESET, "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_TIMEOUT": "1800",
+                   "OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", **STATE_ENV})
+def run_segment(config_json: str, policy: Checkpoint, ref: Checkpoint, state: Optional[FlyteDirectory],
+                queue: Optional[StructuredDataset], train: StructuredDataset, eval_prompts: StructuredDataset,
+                judge_prompts: StructuredDataset, first_epoch: int, n_epochs: int) -> SegmentOutput:
+    import torch
+
+    from spark_core import schemas
+    from spark_core import segment as seg
+    from spark_core.rollout.colocated import make_colocated
+    from spark_core.train.engine import GRPOTrainer
+
+    cfg = cfg_of(config_json)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("WORLD_SIZE", "1")))))
+    policy_dir, ref_dir = policy.download(), ref.download()
+    key = hashlib.sha256(json.dumps([config_json, first_epoch, n_epochs, _identity(policy), _identity(state),
+                                     _identity(ref)]).encode()).hexdigest()[:24]
+    queue_rows = rows_of(queue, schemas.PROMPTS) if queue is not None else []
+    key = hashlib.sha256((key + "".join(r["prompt_id"] for r in queue_rows)).encode()).hexdigest()[:24]
+    ck = segment_checkpoints(key)
+    result, trainer = seg.run_segment(
+        cfg, make_trainer=lambda state_in: GRPOTrainer(cfg, policy_dir, ref_dir, state_in=state_in),
+        make_engine=lambda tr: make_colocated(cfg, tr, policy_dir),
+        train=rows_of(train, schemas.PROMPTS), eval_prompts=rows_of(eval_prompts, schemas.PROMPTS),
+        judge_prompts=rows_of(judge_prompts, schemas.PROMPTS), queue=queue_rows, first_epoch=first_epoch,
+        n_epochs=n_epochs, state_in=state.download() if state is not None else None, key=key, checkpoints=ck,
+        desc=f"segment[e{first_epoch}-{first_epoch + n_epochs - 1}]")
+
+    from flytekit import current_context
+
+    out_dir = os.path.join(current_context().working_directory, "policy")
+    root = _state_root()
+    state_dir = os.path.join(root, "state", key) if root else os.path.join(tempfile.gettempdir(), "spark-state", key)
+    trainer.save_hf(out_dir)
+    trainer.save_state(state_dir)
+    seg.clear_checkpoints(ck)
+    meta = provenance(cfg, "segment", ("model", "rollout", "reward", "recycle", "train", "eval", "loop"),
+                      first_epoch=str(first_epoch), n_epochs=str(n_epochs), resumed=str(result.resumed_epochs))
+    sd = {n: to_sd(result.artifacts[n], seg.with_epoch(s), meta) for n, s in seg.ARTIFACTS.items()}
+    return SegmentOutput(
+        policy=FlyteDirectory(out_dir),
+        # on the volume the next segment reads the state where it is: no upload
+        state=FlyteDirectory(state_dir, remote_directory=False) if root else FlyteDirectory(state_dir),
+        queue=to_sd(result.queue, schemas.PROMPTS, meta), rollouts=sd["rollouts"], scored=sd["scored"],
+        recycled=sd["recycled"], eval_results=sd["eval"], steps=sd["steps"],
+        metrics=json.dumps(result.epoch_metrics))
