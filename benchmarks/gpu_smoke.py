@@ -153,45 +153,11 @@ def partitioned_numel(p) -> int:
 # ---- helpers --------------------------------------------------------------------------
 
 
-def gathered(trainer):
-    """The policy's ZeRO-3 partitions gathered, and DeepSpeed's module hooks lifted, for the
-    time of a rollout: generation then runs on plain full weights (fast, and code that reads
-    a weight outside its module's forward, like the LM head in fp32, sees it whole).
-    A no-op below stage 3."""
-    import contextlib
-
-    if trainer.cfg.train.zero_stage != 3:
-        return contextlib.nullcontext()
-    from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
-
-    return unwrap_model_for_generation(trainer.engine)
-
-
 def sync():
     import torch
 
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def rollout_rows(samples, prompts, tag: str) -> list[dict]:
-    """ROLLOUTS rows, as the rollout stage writes them."""
-    kinds = {p["prompt_id"]: (p["kind"], p["answer"]) for p in prompts}
-    return [{"prompt_id": s.prompt_id, "rollout_id": f"{s.prompt_id}#{tag}.{s.sample_index}",
-             "kind": kinds[s.prompt_id][0], "sample_index": s.sample_index, "answer": kinds[s.prompt_id][1],
-             "response": s.response, "prompt_token_ids": list(s.prompt_token_ids),
-             "response_token_ids": list(s.response_token_ids), "old_logprobs": list(s.logprobs),
-             "finish_reason": s.finish_reason} for s in samples]
-
-
-def score(rows: list[dict], cfg) -> list[dict]:
-    """SCORED_ROLLOUTS rows, as the reward stage writes them."""
-    from spark_core.reward import score_batch
-
-    scores = score_batch([r["response"] for r in rows], [r["answer"] for r in rows],
-                         timeout_s=cfg.reward.timeout_s, workers=cfg.reward.workers)
-    return [dict(r, reward=float(s["reward"]), extracted=s["extracted"], verify_status=s["status"],
-                 verify_ms=s["ms"]) for r, s in zip(rows, scores)]
 
 
 def trainer_logprobs(trainer, prompts_by_id, rows, micro: int) -> list[list[float]]:
@@ -290,8 +256,9 @@ def run(args: argparse.Namespace) -> dict:
     from spark_core.config import ModelConfig, SparkConfig, TrainConfig
     from spark_core.data import generate
     from spark_core.recycle import recycle
-    from spark_core.rollout.base import SamplingSpec
-    from spark_core.rollout.hf import HFBackend
+    from spark_core.reward.stage import score
+    from spark_core.rollout.base import rollout_rows
+    from spark_core.rollout.colocated import ColocatedHF
     from spark_core.train.engine import CRASH_AFTER_STEP_ENV, GRPOTrainer, StepCheckpoints
 
     work = args.workdir or tempfile.mkdtemp(prefix="spark-smoke-")
@@ -339,25 +306,25 @@ def run(args: argparse.Namespace) -> dict:
     res["world_size"] = trainer.dist.world
     res["backend"] = torch.distributed.get_backend()
     res["device"] = torch.cuda.get_device_name(0) if trainer.dist.device.startswith("cuda") else "cpu"
-    with gathered(trainer):
+    with trainer.full_weights():
         params = flop_params(trainer.module)
     params["total"] = sum(partitioned_numel(p) for p in trainer.module.parameters())
     res["params_billion"] = params["total"] / 1e9
 
-    backend = HFBackend(model_dir, cfg.model, device=trainer.dist.device, model=trainer.module,
-                        processor=trainer.processor, prompts_per_chunk=max(1, 64 // G))
+    # the segment's colocated engine: generation on the live policy, full weights under ZeRO-3
+    engine = ColocatedHF(trainer, cfg.model, prompts_per_chunk=max(1, 64 // G))
 
     def do_rollout(rows, tag, seed):
-        spec = SamplingSpec(n=G, temperature=1.0, top_p=1.0, max_new_tokens=max_new, seed=seed)
         groups = [[r for r in rows if r["image"] is not None], [r for r in rows if r["image"] is None]]
         sync()
         t = time.time()
-        with gathered(trainer):
-            samples = [s for g in groups if g for s in backend.generate(g, spec, desc=f"rollout[{tag}]")]
+        engine.sync(trainer)
+        try:
+            out = [x for g in groups if g for x in rollout_rows(cfg, engine, g, tag, seed)]
+        finally:
+            engine.release()  # back to training mode (and partitions under ZeRO-3)
         sync()
-        seconds = time.time() - t
-        trainer.module.train()  # generation switched the live policy to eval mode
-        return rollout_rows(samples, rows, tag), seconds
+        return out, time.time() - t
 
     # 3. rollouts, reward, recycling
     prompts = generate(n_prompts, seed=7, image_size=image_size)
@@ -365,14 +332,14 @@ def run(args: argparse.Namespace) -> dict:
     n_tokens = sum(len(r["response_token_ids"]) for r in rows)
     res["rollout"] = {"sequences": len(rows), "response_tokens": n_tokens, "seconds": seconds,
                       "tokens_per_s": n_tokens / seconds}
-    with gathered(trainer):
+    with trainer.full_weights():
         trainer.module.eval()
         gap = logprob_gap(trainer, prompts, [r for r in rows if r["sample_index"] != 0], micro)
         planted = plant_worked_solutions(trainer, prompts, rows, micro)
     trainer.module.train()
     res["logprob_gap"] = gap
     t0 = time.time()
-    scored = score(rows, cfg)
+    scored, _ = score(cfg, rows, "policy")
     res["seconds_reward"] = time.time() - t0
     res["reward_mean"] = sum(r["reward"] for r in scored) / len(scored)
     res["planted_worked_solutions"] = planted
@@ -401,7 +368,7 @@ def run(args: argparse.Namespace) -> dict:
 
     # 5. rollouts of the recycled prompts, then a pass that crashes after one step and resumes
     rec_rows, _ = do_rollout(recycled, "recycled", seed=2) if recycled else ([], 0.0)
-    rec_scored = score(rec_rows, cfg) if rec_rows else []
+    rec_scored = score(cfg, rec_rows, "recycled")[0] if rec_rows else []
     resume_prompts, resume_rows, phase = recycled, rec_scored, "recycled"
     if len(rec_scored) < 2 * train_batch:  # too few recycled samples for two steps: retrain the policy rows
         resume_prompts, resume_rows, phase = prompts, scored, "policy-again"

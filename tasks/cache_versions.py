@@ -50,9 +50,9 @@ CACHE_VERSIONS = {
     "rollout": "6",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
     "reward": "5",
     "recycle": "6",
-    "update": "8",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: issue 9 trainer; 7: GRPOTrainer
+    "update": "9",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: issue 9 trainer; 7: GRPOTrainer; 9: full_weights context
     "evaluate": "7",  # 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
-    "segment": "4",
+    "segment": "5",  # 5: HF colocated engine gathers ZeRO-3 weights while it generates
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

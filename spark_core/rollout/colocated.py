@@ -52,7 +52,8 @@ def hf_weights(named: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
 
 
 class ColocatedHF:
-    """HF generation on the trainer's module (no copy of the weights)."""
+    """HF generation on the trainer's module (no copy of the weights). Under ZeRO-3 the
+    full weights are gathered from sync() to release() (GRPOTrainer.full_weights)."""
 
     def __init__(self, trainer, model_cfg, prompts_per_chunk: int = 8):
         from spark_core.rollout.hf import HFBackend
@@ -60,12 +61,19 @@ class ColocatedHF:
         self.trainer = trainer
         self._backend = HFBackend("", model_cfg, device=trainer.dist.device, prompts_per_chunk=prompts_per_chunk,
                                   model=trainer.module, processor=trainer.processor)
+        self._weights = None  # the open full_weights() context between sync() and release()
         trainer.module.train()  # HFBackend switched it to eval; training comes first
 
     def sync(self, trainer) -> None:
+        if self._weights is None:
+            self._weights = trainer.full_weights()
+            self._weights.__enter__()
         trainer.module.eval()
 
     def release(self) -> None:
+        if self._weights is not None:
+            weights, self._weights = self._weights, None
+            weights.__exit__(None, None, None)
         self.trainer.module.train()
 
     def generate(self, prompts: list[dict], spec: SamplingSpec, desc: str = "rollout") -> list[Sample]:

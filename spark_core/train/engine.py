@@ -570,6 +570,19 @@ class GRPOTrainer:
                 json.dump({"global_step": self.global_step, "total_steps": self.total_steps}, f)
         comm.barrier()
 
+    def full_weights(self):
+        """A context in which the policy holds its full weights with DeepSpeed's ZeRO-3
+        hooks lifted, e.g. for generation on the live module (fast, and the fp32 LM head,
+        which reads its weight outside the module's forward, sees it whole). Every rank
+        must enter it. A no-op below stage 3."""
+        import contextlib
+
+        if self.cfg.train.zero_stage != 3:
+            return contextlib.nullcontext()
+        from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
+
+        return unwrap_model_for_generation(self.engine)
+
     def full_state_dict_iter(self):
         """(name, tensor) of the policy's full weights, one parameter group at a time.
 
