@@ -52,7 +52,7 @@ CACHE_VERSIONS = {
     "recycle": "6",
     "update": "9",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: issue 9 trainer; 7: GRPOTrainer; 9: full_weights context
     "evaluate": "7",  # 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
-    "segment": "5",  # 5: HF colocated engine gathers ZeRO-3 weights while it generates
+    "segment": "6",  # 6: its own image with vLLM and DeepSpeed; 5: HF colocated engine gathers ZeRO-3 weights while it generates
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

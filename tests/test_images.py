@@ -19,7 +19,7 @@ import images
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK_DIR = ROOT / "images" / "locks"
-LOCK_NAMES = ("light", "rollout", "trainer")
+LOCK_NAMES = ("light", "rollout", "trainer", "segment")
 PINNED = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(\[[A-Za-z0-9._,-]+\])?==(?P<version>[^\s;\\]+)(\s*\\)?$")
 
 
@@ -43,7 +43,8 @@ def locks() -> dict[str, dict[str, str]]:
 
 
 def all_specs():
-    return [images.light_image, images.rollout_image, images.trainer_base_image, images.trainer_image]
+    return [images.light_image, images.rollout_image, images.trainer_base_image, images.trainer_image,
+            images.segment_base_image, images.segment_image]
 
 
 # ---- lock files -------------------------------------------------------------
@@ -81,6 +82,17 @@ def test_trainer_lock_pins(locks):
         assert dep in pins, dep
 
 
+def test_segment_lock_holds_rollout_and_trainer(locks):
+    """The colocated segment needs vLLM and DeepSpeed in one environment, at the versions
+    the separate stage images use."""
+    seg = locks["segment"]
+    for name in ("vllm", "torch", "transformers"):
+        assert seg[name] == locks["rollout"][name], name
+    for name in ("deepspeed", "flytekitplugins-kfpytorch", "einops", "ninja"):
+        assert seg[name] == locks["trainer"][name], name
+    assert "flash-attn" not in seg  # built in the image, as for the trainer
+
+
 def test_light_lock_has_no_gpu_extras(locks):
     assert "vllm" not in locks["light"] and "flash-attn" not in locks["light"]
 
@@ -101,6 +113,7 @@ def test_locks_satisfy_pyproject(locks):
     extras = {
         "rollout": [Requirement(r) for r in project["optional-dependencies"]["rollout-gpu"]],
         "trainer": [],  # flash-attn (train-gpu) is installed outside the lock
+        "segment": [Requirement(r) for r in project["optional-dependencies"]["rollout-gpu"]],
         "light": [],
     }
     for name, pins in locks.items():
@@ -162,10 +175,18 @@ def test_trainer_images():
     assert spec.requirements is None and spec.commands is None
 
 
+def test_segment_images():
+    base, spec = images.segment_base_image, images.segment_image
+    assert Path(base.requirements) == LOCK_DIR / "segment.lock.txt"
+    assert "devel" in base.base_image and base.commands == images.trainer_base_image.commands
+    assert base.source_root is None
+    assert spec.base_image is base and spec.env["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+
+
 def test_project_source_goes_into_every_stage_image():
     from flytekit.constants import CopyFileDetection
 
-    for spec in (images.light_image, images.rollout_image, images.trainer_image):
+    for spec in (images.light_image, images.rollout_image, images.trainer_image, images.segment_image):
         assert Path(spec.source_root) == ROOT
         assert spec.source_copy_mode == CopyFileDetection.ALL
 

@@ -46,7 +46,7 @@ STAGE_OF_TASK = {
 }
 ROLLOUT_IMAGE_TASKS = {"tasks.rollout.rollout_shard", "tasks.evaluate.evaluate_policy",
                        "tasks.evaluate.judge_eval_set"}
-TRAINER_IMAGE_TASKS = {"tasks.update.update_policy", "tasks.model.bootstrap", "tasks.segment.run_segment"}
+TRAINER_IMAGE_TASKS = {"tasks.update.update_policy", "tasks.model.bootstrap"}
 ROLLOUT = "tasks.rollout.rollout_shard"
 EVALUATE = "tasks.evaluate.evaluate_policy"
 UPDATE = "tasks.update.update_policy"
@@ -201,7 +201,8 @@ def test_images_per_task(packages, preset):
         repo, tag = image.rsplit(":", 1)
         assert tag
         want = ("spark-rollout" if name in ROLLOUT_IMAGE_TASKS else
-                "spark-trainer" if name in TRAINER_IMAGE_TASKS else "spark-light")
+                "spark-trainer" if name in TRAINER_IMAGE_TASKS else
+                "spark-segment" if name == SEGMENT else "spark-light")
         assert repo == f"{REGISTRY}/{want}", (name, image)
 
 
@@ -303,7 +304,7 @@ def test_gpu_segment_mounts_the_state_volume(packages, preset):
     req, lim = resources(tmpl)
     assert req["GPU"] == lim["GPU"] == "8"
     assert accelerator(tmpl) == "nvidia-h100" and shared_memory(tmpl)["mountPath"] == "/dev/shm"
-    assert container(tmpl)["image"].startswith(f"{REGISTRY}/spark-trainer:")
+    assert container(tmpl)["image"].startswith(f"{REGISTRY}/spark-segment:")
 
 
 def test_7b_segment_pod_launches_8_processes(packages):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Regenerate the three image lock files (a metadata-only resolve: nothing is installed).
+# Regenerate the image lock files (a metadata-only resolve: nothing is installed).
 # Usage: images/locks/compile.sh [extra uv pip compile args, e.g. --upgrade]
 set -euo pipefail
 
@@ -13,7 +13,7 @@ command -v uv >/dev/null || { echo "uv not found: pip install uv" >&2; exit 1; }
 common=(--python-version 3.11 --python-platform x86_64-manylinux_2_28
         --custom-compile-command "images/locks/compile.sh" --quiet "$@")
 
-for image in light rollout trainer; do
+for image in light rollout trainer segment; do
   echo "== images/locks/$image.lock.txt" >&2
   # pyproject.toml carries the base dependencies; the .in file adds the image's own.
   uv pip compile pyproject.toml "images/locks/$image.in" "${common[@]}" \
