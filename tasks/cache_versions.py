@@ -41,12 +41,12 @@ import sys
 CACHE_VERSIONS = {
     "data": "3",
     "base_model": "3",
-    "bootstrap": "4",
-    "judge_eval_set": "6",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck
+    "bootstrap": "5",  # 5: warm-start judge examples show verified wrong answers
+    "judge_eval_set": "7",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: wrong answers verified
     "select_prompts": "3",
     "rollout": "3",
     "reward": "3",
-    "recycle": "4",
+    "recycle": "5",  # 5: recycle/build.py gained the verified wrong-answer helper
     "update": "5",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook
     "evaluate": "4",  # 4: a Deck with this epoch's per-benchmark table
 }

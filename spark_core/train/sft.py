@@ -27,11 +27,9 @@ def judge_examples(rows: list[dict], n: int, rng: random.Random) -> list[tuple[d
     out = []
     if n <= 0:
         return out
-    from spark_core.recycle.build import judge_sample_for_bootstrap
+    from spark_core.recycle.build import judge_samples_for_bootstrap
 
-    for _ in range(n):
-        row = rng.choice(rows)
-        sample, verdict = judge_sample_for_bootstrap(row, rng)
+    for sample, verdict in judge_samples_for_bootstrap([rng.choice(rows) for _ in range(n)], rng):
         out.append((sample, f"The verdict is \\boxed{{{verdict}}}."))
     return out
 
