@@ -80,7 +80,8 @@ STAGE_SOURCES: dict[str, list[str]] = {
     "select_prompts": _COMMON + ["tasks/data.py", "spark_core/data/*.py"],
     "base_model": _COMMON + ["tasks/model.py"] + _MODEL,
     "bootstrap": _COMMON + ["tasks/model.py", "spark_core/train/__init__.py", "spark_core/train/sft.py",
-                            "spark_core/train/grpo.py", "spark_core/recycle/*.py", "spark_core/data/*.py"] + _MODEL,
+                            "spark_core/train/grpo.py", "spark_core/recycle/*.py", "spark_core/data/*.py",
+                            "spark_core/reward/*.py"] + _MODEL,
     "judge_eval_set": _COMMON + ["tasks/evaluate.py", "spark_core/evaluate/__init__.py",
                                  "spark_core/evaluate/judge_set.py", "spark_core/recycle/*.py",
                                  "spark_core/reward/*.py"] + _ROLLOUT,
@@ -88,7 +89,7 @@ STAGE_SOURCES: dict[str, list[str]] = {
                            "spark_core/evaluate/report.py", "spark_core/reward/*.py"] + _ROLLOUT,
     "rollout": _COMMON + ["tasks/rollout.py"] + _ROLLOUT,
     "reward": _COMMON + ["tasks/reward.py", "spark_core/reward/*.py"],
-    "recycle": _COMMON + ["tasks/recycle.py", "spark_core/recycle/*.py"],
+    "recycle": _COMMON + ["tasks/recycle.py", "spark_core/recycle/*.py", "spark_core/reward/*.py"],
     "update": _COMMON + ["tasks/update.py", "spark_core/train/__init__.py", "spark_core/train/engine.py",
                          "spark_core/train/grpo.py"] + _MODEL,
 }
