@@ -132,6 +132,15 @@ class EvalConfig:
     max_new_tokens: int = 32
     tts_rounds: int = 2
     judge_samples: int = 64
+    # evaluate the starting model, every `every`-th epoch and the last epoch (long runs
+    # and benchmarks with large held-out sets may skip the epochs in between)
+    every: int = 1
+
+
+def eval_due(cfg: "SparkConfig", epoch: int) -> bool:
+    """Whether the evaluation after `epoch` epochs runs (epoch 0 = the starting model)."""
+    every = max(1, int(cfg.eval.every))
+    return epoch <= 0 or epoch >= cfg.epochs or epoch % every == 0
 
 
 @dataclass
@@ -325,9 +334,17 @@ def total_optimizer_steps(cfg: "SparkConfig") -> int:
 def prefix_view(cfg: "SparkConfig") -> "SparkConfig":
     """The config as the stages before the epoch loop see it (data, model, warm start,
     held-out judge set): fields that only shape the loop are reset to their defaults,
-    so runs that differ only in those (e.g. the ablation arms) share the cached prefix."""
+    so runs that differ only in those (e.g. the ablation arms) share the cached prefix.
+
+    The seeds are among them: `seed` (prompt order, rollout sampling), `recycle.seed`
+    and `train.seed` vary the RL loop, while the warm start and judge set always use the
+    default seed, so runs over several seeds start from the same model. `data.seed` and
+    `model.tiny.seed` change the data and the initial weights."""
     d = cfg.to_dict()
     d["epochs"] = SparkConfig().epochs
+    d["seed"] = SparkConfig().seed
+    d["recycle"]["seed"] = RecycleConfig().seed
+    d["eval"]["every"] = EvalConfig().every
     d["train"] = dataclasses.asdict(TrainConfig())
     d["recycle"]["arm"] = "spark"
     d["recycle"]["recycled_batch"] = 0

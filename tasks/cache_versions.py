@@ -38,17 +38,18 @@ import sys
 # Version history: "2" everywhere is the first version with recorded fingerprints (every
 # stage's sources had changed since "1"). Note why when bumping, e.g. `"rollout": "3",  # 3: top-p fixed`.
 # 3 (all stages): config gained tensor-parallel rollouts for the 32b preset
+# +1 (all stages): config gained eval.every; prefix_view resets the loop seeds
 CACHE_VERSIONS = {
-    "data": "3",
-    "base_model": "3",
+    "data": "4",
+    "base_model": "4",
     "bootstrap": "5",  # 5: warm-start judge examples show verified wrong answers
     "judge_eval_set": "7",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: wrong answers verified
-    "select_prompts": "3",
-    "rollout": "3",
-    "reward": "3",
+    "select_prompts": "4",
+    "rollout": "4",
+    "reward": "4",
     "recycle": "5",  # 5: recycle/build.py gained the verified wrong-answer helper
-    "update": "5",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook
-    "evaluate": "4",  # 4: a Deck with this epoch's per-benchmark table
+    "update": "6",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook
+    "evaluate": "5",  # 4: a Deck with this epoch's per-benchmark table; 5: eval.every
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -32,10 +32,13 @@ def judge_eval_set(config_json: str, policy: Checkpoint, eval_prompts: Structure
 def evaluate_policy(config_json: str, policy: Checkpoint, eval_prompts: StructuredDataset,
                     judge_prompts: StructuredDataset, epoch: int) -> tuple[StructuredDataset, str]:
     from spark_core import schemas
+    from spark_core.config import eval_due
     from spark_core.evaluate.core import greedy_results, summarize
     from spark_core.rollout.hf import HFBackend
 
     cfg = cfg_of(config_json)
+    if not eval_due(cfg, epoch):  # eval.every: nothing to measure after this epoch
+        return to_sd([], schemas.EVAL_RESULTS, provenance(cfg, "evaluate", ("eval",), epoch=str(epoch))), "{}"
     t0 = time.time()
     backend = HFBackend(policy.download(), cfg.model)
     solve = greedy_results(backend, rows_of(eval_prompts, schemas.PROMPTS), cfg.eval.max_new_tokens, "single",

@@ -24,7 +24,7 @@ from tasks.data import prepare_data, select_prompts
 from tasks.evaluate import evaluate_policy, judge_eval_set
 from tasks.model import base_model, bootstrap
 from tasks.recycle import queue_recycled, recycle_rollouts
-from tasks.report import report
+from tasks.report import RunSummary, report, summarize_run
 from tasks.resources import LIGHT, PRESET
 from tasks.reward import score_rollouts
 from tasks.rollout import rollout_shard
@@ -39,8 +39,9 @@ class Configs(NamedTuple):
 
 class SparkOutput(NamedTuple):
     policy: Checkpoint
-    metrics: str
+    metrics: str  # JSON list: the merged metrics of each epoch (0 = the starting model)
     quarantine: StructuredDataset
+    summary: RunSummary  # last, so a local `pyflyte run` ends with its readable text
 
 
 @task(container_image=light_image, resources=LIGHT)
@@ -133,6 +134,7 @@ def spark(preset: str = PRESET, epochs: int = 2, arm: str = "spark", model: str 
     policy, history = coevolve(config_json=config_json, run_id=run_id, start=start, train=d.train,
                                eval_prompts=d.eval, judge_prompts=judge_prompts, start_metrics=boot_metrics)
     report(history=history)  # Flyte Deck: curves over epochs and per-benchmark table
-    return SparkOutput(policy=policy, metrics=history, quarantine=d.quarantine)
+    summary = summarize_run(config_json=config_json, run_id=run_id, history=history, policy=policy)
+    return SparkOutput(policy=policy, metrics=history, quarantine=d.quarantine, summary=summary)
 
 
