@@ -69,14 +69,15 @@ def _rollout(config_json: str, policy, prompts, tag: str, seed: int, n_shards: i
 @dynamic(container_image=light_image, resources=LIGHT, environment={"SPARK_PRESET": PRESET})
 def coevolve(config_json: str, run_id: str, start: Checkpoint, train: StructuredDataset,
              eval_prompts: StructuredDataset, judge_prompts: StructuredDataset, start_metrics: str) -> tuple[Checkpoint, str]:
-    from spark_core.config import SparkConfig, trained_passes
+    from spark_core.config import SparkConfig, prefix_view, trained_passes
 
     cfg = SparkConfig.from_json(config_json)
     passes = trained_passes(cfg.recycle.arm)
     n_shards = max(1, cfg.rollout.n_shards)
     policy, state, queue = start, None, None
 
-    _, m0 = evaluate_policy(config_json=config_json, policy=start, eval_prompts=eval_prompts,
+    # the starting model is evaluated under the prefix config, so arms and seeds share it from the cache
+    _, m0 = evaluate_policy(config_json=prefix_view(cfg).to_json(), policy=start, eval_prompts=eval_prompts,
                             judge_prompts=judge_prompts, epoch=0).with_overrides(name="eval-e0")
     logs = [log_epoch(run_id=run_id, epoch=0, metrics=[m0, start_metrics])]
     for e in range(cfg.epochs):
