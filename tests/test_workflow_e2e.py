@@ -100,7 +100,7 @@ def test_rerun_reuses_cached_stages(tmp_path):
            "--epochs", "2", "--overrides", json.dumps(fast)]
     outs = []
     for _ in range(2):
-        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
         assert p.returncode == 0, p.stderr[-3000:]
         outs.append(p.stdout)
     policy = [o.split("policy=")[1].split(",")[0] for o in outs]
