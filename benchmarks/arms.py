@@ -1,6 +1,6 @@
 """The four ablation arms on the embedded default, at equal compute, over several seeds.
 
-    python benchmarks/arms.py --seeds 3 --epochs 4 --write-readme
+    python benchmarks/arms.py --seeds 3 --write-readme
 
 prints, for each arm, the mean over seeds and a 95% t-interval of held-out accuracy and
 of judge accuracy (pointwise, pairwise, all), then the spark-minus-policy differences
@@ -36,6 +36,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from spark_core.config import SparkConfig  # noqa: E402
+
 ARMS = ("policy", "reward", "policy_reward", "spark")
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 BEGIN, END = "<!-- arms:begin -->", "<!-- arms:end -->"
@@ -204,8 +207,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, default=3, help="seeds per arm (seed-base, seed-base+1, ...)")
     ap.add_argument("--seed-base", type=int, default=42)
-    ap.add_argument("--epochs", type=int, default=4)
-    ap.add_argument("--prompts", type=int, default=16, help="problems per epoch (P)")
+    ap.add_argument("--epochs", type=int, default=SparkConfig().epochs, help="default: the default run's")
+    ap.add_argument("--prompts", type=int, default=SparkConfig().rollout.prompts_per_epoch,
+                    help="problems per epoch (P); default: the default run's")
     ap.add_argument("--eval-problems", type=int, default=640,
                     help="held-out problems (and judge problems); 625+ keeps a standard error <= 0.02")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
