@@ -68,7 +68,8 @@ def rollout_and_score(cfg, model_dir: str, rows: list[dict], tag: str, seed: int
     ]
 
 
-def run_one(overrides: dict, epochs: int, arm: str, rl: bool, workdir: str) -> list[dict]:
+def run_one(overrides: dict, epochs: int, arm: str, rl: bool, workdir: str, start: str = "",
+            keep: str = "") -> list[dict]:
     from spark_core.config import load_config
     from spark_core.data import generate
     from spark_core.data.batches import epoch_indices
@@ -93,11 +94,13 @@ def run_one(overrides: dict, epochs: int, arm: str, rl: bool, workdir: str) -> l
     train = timed("data", generate, d.synthetic_train, seed=d.seed, image_size=d.image_size, id_prefix="train")
     eval_rows = timed("data", generate, d.synthetic_eval, seed=d.seed + 1, image_size=d.image_size,
                       id_prefix="eval")
-    base = timed("base_model", build_tiny, os.path.join(workdir, "base"), cfg.model)
-    start = os.path.join(workdir, "boot")
-    boot = timed("bootstrap", run_bootstrap, cfg, base, train, start) if cfg.bootstrap.enabled else {}
-    if not cfg.bootstrap.enabled:
-        start = base
+    boot = {}
+    if not start:
+        base = timed("base_model", build_tiny, os.path.join(workdir, "base"), cfg.model)
+        start = keep or os.path.join(workdir, "boot")
+        boot = timed("bootstrap", run_bootstrap, cfg, base, train, start) if cfg.bootstrap.enabled else {}
+        if not cfg.bootstrap.enabled:
+            start = base
     judge_rows = timed("judge_eval_set", build_judge_eval_set, cfg, start, eval_rows)
     m = timed("evaluate", evaluate, cfg, start, eval_rows, judge_rows)
     hist = [dict(m, epoch=0, **{f"time/{k}": v for k, v in times.items()},
@@ -181,6 +184,8 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--arm", default="spark")
     ap.add_argument("--no-rl", action="store_true", help="warm start and epoch-0 evaluation only")
+    ap.add_argument("--start", default="", help="start from this warm-started checkpoint (skips the warm start)")
+    ap.add_argument("--keep-start", default="", help="save the warm-started checkpoint here, for --start")
     args = ap.parse_args(argv)
     base = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
     grid = [[(k, _value(x)) for x in v.split(",")] for k, v in (g.split("=", 1) for g in args.grid)]
@@ -189,7 +194,8 @@ def main(argv=None) -> int:
         over = dict(base, **dict(combo))
         print(f"== {json.dumps(over)} arm={args.arm}", flush=True)
         with tempfile.TemporaryDirectory(prefix="spark-sweep-") as wd:
-            results.append((over, run_one(over, args.epochs, args.arm, not args.no_rl, wd)))
+            results.append((over, run_one(over, args.epochs, args.arm, not args.no_rl, wd, args.start,
+                                          args.keep_start)))
     print(table(results))
     return 0
 

@@ -38,17 +38,20 @@ import sys
 # Version history: "2" everywhere is the first version with recorded fingerprints (every
 # stage's sources had changed since "1"). Note why when bumping, e.g. `"rollout": "3",  # 3: top-p fixed`.
 # 3 (all stages): config gained tensor-parallel rollouts for the 32b preset
+# 5 (data, base_model, select_prompts, rollout, reward), 6 (bootstrap, recycle), 7 (update),
+# 6 (evaluate), 8 (judge_eval_set): new tiny-cpu defaults (larger tiny model with a wider
+# embedding init, more and easier synthetic problems, brief warm-start targets)
 CACHE_VERSIONS = {
-    "data": "3",
-    "base_model": "3",
-    "bootstrap": "4",
-    "judge_eval_set": "6",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck
-    "select_prompts": "3",
-    "rollout": "3",
-    "reward": "3",
-    "recycle": "4",
-    "update": "5",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook
-    "evaluate": "4",  # 4: a Deck with this epoch's per-benchmark table
+    "data": "5",
+    "base_model": "5",
+    "bootstrap": "6",
+    "judge_eval_set": "8",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck
+    "select_prompts": "5",
+    "rollout": "5",
+    "reward": "5",
+    "recycle": "6",
+    "update": "7",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook
+    "evaluate": "6",  # 4: a Deck with this epoch's per-benchmark table
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
