@@ -38,18 +38,22 @@ import sys
 # Version history: "2" everywhere is the first version with recorded fingerprints (every
 # stage's sources had changed since "1"). Note why when bumping, e.g. `"rollout": "3",  # 3: top-p fixed`.
 # 3 (all stages): config gained tensor-parallel rollouts for the 32b preset
-# +1 (all stages): config gained eval.every; prefix_view resets the loop seeds
+# 5 (data, base_model, select_prompts, rollout, reward), 6 (bootstrap, recycle), 7 (update),
+# 6 (evaluate), 8 (judge_eval_set): new tiny-cpu defaults (larger tiny model with a wider
+# embedding init, more and easier synthetic problems, brief warm-start targets)
+# +1 (all stages): config gained eval.every; prefix_view resets the loop seeds; wrong
+# answers checked by the verifier (bootstrap, judge_eval_set, recycle); eval.every (evaluate)
 CACHE_VERSIONS = {
-    "data": "4",
-    "base_model": "4",
-    "bootstrap": "5",  # 5: warm-start judge examples show verified wrong answers
-    "judge_eval_set": "7",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: wrong answers verified
-    "select_prompts": "4",
-    "rollout": "4",
-    "reward": "4",
-    "recycle": "5",  # 5: recycle/build.py gained the verified wrong-answer helper
-    "update": "6",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook
-    "evaluate": "5",  # 4: a Deck with this epoch's per-benchmark table; 5: eval.every
+    "data": "6",
+    "base_model": "6",
+    "bootstrap": "7",
+    "judge_eval_set": "9",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 9: wrong answers verified
+    "select_prompts": "6",
+    "rollout": "6",
+    "reward": "6",
+    "recycle": "7",
+    "update": "8",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook
+    "evaluate": "7",  # 4: a Deck with this epoch's per-benchmark table; 7: eval.every
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
