@@ -10,7 +10,7 @@ dynamic workflow gets more than MAX_NODES_PER_DYNAMIC nodes.
 
 from __future__ import annotations
 
-from spark_core.config import SparkConfig
+from spark_core.config import SparkConfig, eval_due
 
 MAX_NODES_PER_DYNAMIC = 200
 # nodes a block's dynamic creates: per epoch in "dag" mode (select, rollout, reward,
@@ -54,5 +54,5 @@ def blocks(cfg: SparkConfig) -> list[tuple[int, int]]:
 
 
 def evaluates_at(cfg: SparkConfig, epoch: int) -> bool:
-    """Whether the loop evaluates after epoch `epoch` (0-based): every eval_every epochs and the last."""
-    return (epoch + 1) % cfg.loop.eval_every == 0 or epoch + 1 == cfg.epochs
+    """Whether the loop evaluates after epoch `epoch` (0-based): every eval.every epochs and the last."""
+    return eval_due(cfg, epoch + 1)

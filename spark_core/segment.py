@@ -7,7 +7,7 @@ rollout_rows, score, recycle, queue, evaluate from their spark_core packages):
       -> GRPO update on the problems
       -> recycled prompts join the FIFO; a full batch is rolled out with the
          just-updated policy -> reward -> GRPO update on it
-      -> evaluation every loop.eval_every epochs
+      -> evaluation every eval.every epochs
 
 The trainer (GRPOTrainer, or anything with its interface) lives for the whole segment,
 so the optimizer state stays in memory; the rollout engine shares its process and GPUs

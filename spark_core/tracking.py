@@ -1,5 +1,11 @@
 """MLflow bookkeeping: one run per workflow execution, metrics per epoch.
 
+Runs are named ``{arm}-{preset}-s{seed}`` (e.g. ``spark-tiny-cpu-s42``). A rerun that
+reused every stage from Flyte's cache logs exactly the history of the run it repeats,
+including every stage's wall time, so `finish_run` recognises it by a hash of that
+history: it is tagged ``spark.rerun_of`` = the original run id and renamed
+``...-rerun``, and `spark-compare` leaves it out, so it never poses as a new training run.
+
 The tracking URI comes from MLFLOW_TRACKING_URI (credentials, if any, from the
 environment or Flyte secrets, never from config); the default is a local SQLite file.
 
@@ -11,6 +17,7 @@ variable. Environment variables themselves are never logged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -18,6 +25,8 @@ import re
 
 EXPERIMENT = "spark"
 DEFAULT_DB = "mlflow.db"
+HISTORY_TAG = "spark.history_sha"
+RERUN_TAG = "spark.rerun_of"
 
 
 def tracking_uri() -> str:
@@ -101,6 +110,50 @@ def log_metrics(run_id: str, metrics: dict[str, float], step: int) -> None:
 def end_run(run_id: str, status: str = "FINISHED") -> None:
     mlflow = _mlflow()
     mlflow.MlflowClient().set_terminated(run_id, status=status)
+
+
+def run_name(arm: str, preset: str, seed: int) -> str:
+    return f"{arm}-{preset}-s{seed}"
+
+
+def history_sha(history: list[dict]) -> str:
+    """Hash of a run's per-epoch metrics. Stage timings are part of it, so two runs share
+    it only when the second replayed the first's cached outputs."""
+    return hashlib.sha256(json.dumps(history, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def finish_run(run_id: str, history: list[dict], status: str = "FINISHED") -> str | None:
+    """Tag the run with its history hash and end it. If an earlier run of the experiment
+    logged the very same history, this run was a fully cached replay of it: it is tagged
+    as a rerun of that run (returned) and renamed with a "-rerun" suffix."""
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    sha = history_sha(history)
+    run = client.get_run(run_id)
+    earlier = [r for r in client.search_runs([run.info.experiment_id], f"tags.`{HISTORY_TAG}` = '{sha}'",
+                                             order_by=["attributes.start_time ASC"], max_results=50)
+               if r.info.run_id != run_id and r.info.start_time <= run.info.start_time]
+    original = None
+    if earlier:
+        first = earlier[0]
+        original = first.data.tags.get(RERUN_TAG) or first.info.run_id
+        client.set_tag(run_id, RERUN_TAG, original)
+        name = run.info.run_name or ""
+        if name and not name.endswith("-rerun"):
+            client.set_tag(run_id, "mlflow.runName", f"{name}-rerun")
+    client.set_tag(run_id, HISTORY_TAG, sha)
+    client.set_terminated(run_id, status=status)
+    return original
+
+
+def run_info(run_id: str) -> dict[str, str]:
+    """Where a run lives: {run_id, run_name, experiment, tracking_uri, rerun_of}."""
+    mlflow = _mlflow()
+    client = mlflow.MlflowClient()
+    run = client.get_run(run_id)
+    exp = client.get_experiment(run.info.experiment_id)
+    return {"run_id": run_id, "run_name": run.info.run_name or "", "experiment": exp.name,
+            "tracking_uri": tracking_uri(), "rerun_of": run.data.tags.get(RERUN_TAG, "")}
 
 
 def run_history(run_id: str) -> dict[str, list[tuple[int, float]]]:

@@ -40,19 +40,22 @@ import sys
 # 3 (all stages): config gained tensor-parallel rollouts for the 32b preset
 # +1 (all stages): config batch check and train.tis_cap; fp32 LM head in the shared log-prob code (issue 9)
 # +1 (all stages): config gained the loop section and the state volume; stage bodies moved into spark_core functions shared with the segment
-# +1 (all stages): both of the above together
+# +1 (all stages): new tiny-cpu defaults (larger tiny model with a wider embedding init, more and easier
+# synthetic problems, brief warm-start targets); eval.every; prefix_view resets the loop seeds; wrong
+# answers checked by the verifier (bootstrap, judge_eval_set, recycle)
+# +1 (all stages): all of the above together
 CACHE_VERSIONS = {
-    "data": "5",  # 4: ViRL39K forms in the loader
-    "base_model": "5",  # 4: vision ids in responses (log-prob pass)
-    "bootstrap": "6",  # 5: loader and log-prob changes
-    "judge_eval_set": "9",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: explicit sampling knobs
-    "select_prompts": "5",  # 4: ViRL39K forms in the loader
-    "rollout": "6",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
-    "reward": "5",
-    "recycle": "6",
-    "update": "9",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: issue 9 trainer; 7: GRPOTrainer; 9: full_weights context
-    "evaluate": "7",  # 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
-    "segment": "6",  # 6: its own image with vLLM and DeepSpeed; 5: HF colocated engine gathers ZeRO-3 weights while it generates
+    "data": "7",  # 4: ViRL39K forms in the loader
+    "base_model": "7",  # 4: vision ids in responses (log-prob pass)
+    "bootstrap": "8",  # 5: loader and log-prob changes
+    "judge_eval_set": "10",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: explicit sampling knobs; 9: wrong answers verified
+    "select_prompts": "7",  # 4: ViRL39K forms in the loader
+    "rollout": "7",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
+    "reward": "7",
+    "recycle": "8",
+    "update": "10",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: issue 9 trainer; 7: GRPOTrainer; 9: full_weights context
+    "evaluate": "8",  # 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
+    "segment": "7",  # 6: its own image with vLLM and DeepSpeed; 5: HF colocated engine gathers ZeRO-3 weights while it generates
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,7 +89,8 @@ STAGE_SOURCES: dict[str, list[str]] = {
     "select_prompts": _COMMON + ["tasks/data.py", "spark_core/data/*.py"],
     "base_model": _COMMON + ["tasks/model.py"] + _MODEL,
     "bootstrap": _COMMON + ["tasks/model.py", "spark_core/train/__init__.py", "spark_core/train/sft.py",
-                            "spark_core/train/grpo.py", "spark_core/recycle/*.py", "spark_core/data/*.py"] + _MODEL,
+                            "spark_core/train/grpo.py", "spark_core/recycle/*.py", "spark_core/data/*.py",
+                            "spark_core/reward/*.py"] + _MODEL,
     "judge_eval_set": _COMMON + ["tasks/evaluate.py", "spark_core/evaluate/__init__.py",
                                  "spark_core/evaluate/judge_set.py", "spark_core/recycle/*.py",
                                  "spark_core/reward/*.py"] + _ROLLOUT,
@@ -94,7 +98,7 @@ STAGE_SOURCES: dict[str, list[str]] = {
                            "spark_core/evaluate/report.py", "spark_core/reward/*.py"] + _ROLLOUT,
     "rollout": _COMMON + ["tasks/rollout.py"] + _ROLLOUT,
     "reward": _COMMON + ["tasks/reward.py", "spark_core/reward/*.py"],
-    "recycle": _COMMON + ["tasks/recycle.py", "spark_core/recycle/*.py"],
+    "recycle": _COMMON + ["tasks/recycle.py", "spark_core/recycle/*.py", "spark_core/reward/*.py"],
     "update": _COMMON + ["tasks/update.py", "spark_core/train/__init__.py", "spark_core/train/engine.py",
                          "spark_core/train/collectives.py",
                          "spark_core/train/grpo.py"] + _MODEL,

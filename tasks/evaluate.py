@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 from flytekit import Cache, task
 from flytekit.types.structured import StructuredDataset
@@ -38,7 +37,7 @@ def evaluate_policy(config_json: str, policy: Checkpoint, eval_prompts: Structur
     cfg = cfg_of(config_json)
     backend = HFBackend(policy.download(), cfg.model)
     results, metrics = evaluate(cfg, backend, rows_of(eval_prompts, schemas.PROMPTS),
-                                       rows_of(judge_prompts, schemas.PROMPTS))
+                                rows_of(judge_prompts, schemas.PROMPTS))
     from flytekit import Deck
 
     from spark_core.evaluate.report import deck_html

@@ -1,12 +1,15 @@
-"""The run report as a Flyte Deck: metric curves over epochs and per-benchmark results."""
+"""The run report: a Flyte Deck (metric curves over epochs, per-benchmark results) and
+the plain-text summary that `pyflyte run` prints at the end of a run."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
-from flytekit import Deck, task
+from flytekit import Deck, current_context, task
 
 from images import light_image
+from tasks.common import Checkpoint, cfg_of
 from tasks.resources import LIGHT
 
 _PER_DATASET = "eval/accuracy/"
@@ -23,3 +26,38 @@ def report(history: str) -> str:
     html = deck_html(epochs, per_benchmark=per_benchmark or None)
     Deck("SPARK curves", html)
     return html
+
+
+@dataclass
+class RunSummary:
+    """The end-of-run summary. A local `pyflyte run` prints the workflow's outputs with
+    repr(), which would squash the text onto one line, so repr() here is the text itself."""
+
+    text: str
+    mlflow_run_id: str = ""
+
+    def __repr__(self) -> str:
+        return "\n\n" + self.text + "\n"
+
+    __str__ = __repr__
+
+
+@task(container_image=light_image, resources=LIGHT)
+def summarize_run(config_json: str, run_id: str, history: str, policy: Checkpoint) -> RunSummary:
+    """Per-epoch accuracy, judge accuracy and reward, and where the checkpoint and the
+    MLflow run are (never cached: it reads the run's current MLflow tags)."""
+    from spark_core import tracking
+    from spark_core.evaluate.report import run_summary
+
+    cfg = cfg_of(config_json)
+    try:
+        run = tracking.run_info(run_id)
+    except Exception as e:  # noqa: BLE001 - MLflow unreachable: the summary still says what is known
+        run = {"run_id": run_id, "run_name": "", "experiment": tracking.EXPERIMENT,
+               "tracking_uri": f"{tracking.tracking_uri()} (unreachable: {type(e).__name__})"}
+    checkpoint = policy.remote_source or policy.path
+    text = run_summary(json.loads(history or "[]"), arm=cfg.recycle.arm, preset=cfg.preset, seed=cfg.seed,
+                       checkpoint=str(checkpoint), run=run)
+    if current_context().execution_id.name != "local":  # a pod's log shows it; locally pyflyte prints the output
+        print(text, flush=True)
+    return RunSummary(text=text, mlflow_run_id=run_id)

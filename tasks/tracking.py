@@ -19,7 +19,8 @@ def start_tracking(config_json: str) -> str:
     exec_id = current_context().execution_id.name
     tags = {"flyte.execution_id": exec_id, "git_sha": code_version(), "preset": cfg.preset,
             "arm": cfg.recycle.arm, "config_hash": cfg.section_hash()}
-    return tracking.start_run(cfg.to_dict(), run_name=f"{cfg.recycle.arm}-{exec_id}", tags=tags)
+    return tracking.start_run(cfg.to_dict(), run_name=tracking.run_name(cfg.recycle.arm, cfg.preset, cfg.seed),
+                              tags=tags)
 
 
 @task(container_image=light_image, resources=LIGHT)
@@ -36,10 +37,12 @@ def log_epoch(run_id: str, epoch: int, metrics: list[str]) -> str:
 
 @task(container_image=light_image, resources=LIGHT)
 def finish_tracking(run_id: str, epoch_metrics: list[str]) -> str:
+    """End the run; one whose every epoch came from the cache is tagged as a rerun."""
     from spark_core import tracking
 
-    tracking.end_run(run_id)
-    return json.dumps([json.loads(m) for m in epoch_metrics])
+    history = [json.loads(m) for m in epoch_metrics]
+    tracking.finish_run(run_id, history)
+    return json.dumps(history)
 
 
 @task(container_image=light_image, resources=LIGHT)

@@ -127,6 +127,27 @@ def test_worked_solution_ends_with_one_boxed_answer():
     assert worked_solution({"answer": " 42 ", "source": "mathvista"}) == "The answer is \\boxed{42}."
 
 
+def test_brief_warm_start_targets_are_the_boxed_answer_and_score_as_correct():
+    from spark_core.config import load_config
+    from spark_core.reward import score_batch
+    from spark_core.train.sft import bootstrap_examples
+
+    rows = generate(20, seed=4)
+    assert [worked_solution(r, brief=True) for r in rows] == ["\\boxed{" + r["answer"] + "}" for r in rows]
+    cfg = load_config("tiny-cpu", '{"bootstrap.brief_targets": true, "bootstrap.judge_fraction": 0.5}')
+    ex = bootstrap_examples(rows, cfg, 40, seed=0)
+    kinds = {row["kind"] for row, _ in ex}
+    assert kinds == {"solve", "pointwise", "pairwise"}
+    for _, target in ex:  # only the boxed answer or verdict, nothing to pay LM-head tokens for
+        assert target.startswith("\\boxed{") and target.endswith("}") and target.count("\\boxed{") == 1
+    # every target is what the verifier rewards for its own row (judge verdicts included)
+    scores = score_batch([t for _, t in ex], [row["answer"] for row, _ in ex])
+    assert all(s["reward"] == 1.0 for s in scores), [(t, row["answer"]) for (row, t), s in zip(ex, scores)
+                                                     if s["reward"] != 1.0]
+    sentence = load_config("tiny-cpu", '{"bootstrap.brief_targets": false}')
+    assert all(t.endswith("}.") for _, t in bootstrap_examples(rows, sentence, 40, seed=0))
+
+
 def test_write_spark_dataset_is_the_public_row_format(tmp_path):
     rows = generate(4, seed=9)
     path = write_spark_dataset(rows, str(tmp_path / "out"), max_pixels=12345)

@@ -67,6 +67,28 @@ def test_workflow_runs_two_epochs_end_to_end(mlflow_db, mode):
     q = out.quarantine.open(pa.Table).all()
     assert q.schema.names == schemas.QUARANTINE.names and q.num_rows == 0
 
+    # the run's summary: per-epoch figures from the history, the checkpoint, the MLflow run
+    assert run.info.run_name == "spark-tiny-cpu-s42"
+    text = out.summary.text
+    assert repr(out.summary).strip() == text and out.summary.mlflow_run_id == run.info.run_id
+    lines = text.splitlines()
+    assert lines[0].startswith("SPARK run finished: arm spark, preset tiny-cpu, seed 42, 2 epoch(s)")
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["epoch"])
+    for e, m in enumerate(history):
+        cells = lines[header + 1 + e].split()
+        assert cells[:3] == [str(e), f"{m['eval/accuracy']:.3f}", f"{m['eval/judge_accuracy']:.3f}"]
+        if e:
+            assert f"{m['policy/reward_mean']:.3f}" in cells
+    assert f"held-out accuracy: {history[0]['eval/accuracy']:.3f} -> {history[-1]['eval/accuracy']:.3f}" in text
+    assert f"checkpoint:        {path}" in text
+    assert f"spark-tiny-cpu-s42 (id {run.info.run_id}), experiment 'spark'" in text
+    assert f"mlflow ui --backend-store-uri {mlflow_db}" in text and "repeats" not in text
+    assert tracking_tags(run, "spark.rerun_of") is None
+
+
+def tracking_tags(run, key):
+    return run.data.tags.get(key)
+
 
 @pytest.mark.slow
 def test_rerun_reuses_cached_stages(tmp_path):
@@ -74,17 +96,50 @@ def test_rerun_reuses_cached_stages(tmp_path):
     cached stage, so it returns the very same checkpoint path."""
     env = dict(os.environ, HOME=str(tmp_path), FLYTE_LOCAL_CACHE_ENABLED="true",
                MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    fast = dict(FAST, **{"rollout.prompts_per_epoch": 2, "rollout.n_samples": 2, "bootstrap.steps": 5})
+    # two epochs, evaluated only at the start and the end (eval.every)
+    fast = dict(FAST, **{"rollout.prompts_per_epoch": 2, "rollout.n_samples": 2, "bootstrap.steps": 5,
+                         "eval.every": 2})
     cmd = [sys.executable, "-m", "flytekit.clis.sdk_in_container.pyflyte", "run", "workflows/spark.py", "spark",
-           "--epochs", "1", "--overrides", json.dumps(fast)]
+           "--epochs", "2", "--overrides", json.dumps(fast)]
     outs = []
     for _ in range(2):
-        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
         assert p.returncode == 0, p.stderr[-3000:]
         outs.append(p.stdout)
     policy = [o.split("policy=")[1].split(",")[0] for o in outs]
     assert policy[0] == policy[1]
     assert os.path.isdir(os.path.join(str(tmp_path), ".flyte", "local-cache"))
+
+    # the output ends with the readable summary, not with the metrics JSON
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("spark").experiment_id],
+                              order_by=["attributes.start_time ASC"])
+    assert [r.info.run_name for r in runs] == ["spark-tiny-cpu-s42", "spark-tiny-cpu-s42-rerun"]
+    first, rerun = runs
+    for out, r in zip(outs, runs):
+        tail = out.rstrip().split("summary=", 1)[1]
+        assert tail.rstrip().endswith(")") and "{" not in tail and "\\n" not in tail
+        lines = tail.strip().splitlines()
+        assert lines[0].startswith("SPARK run finished: arm spark, preset tiny-cpu, seed 42, 2 epoch(s)")
+        header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["epoch"])
+        rows = [line.split() for line in lines[header + 1:header + 4]]
+        assert [row[0] for row in rows] == ["0", "1", "2"] and rows[1][1:4] == ["-", "-", "-"]  # not evaluated
+        assert rows[0][1] != "-" and rows[2][1] != "-"
+        assert f"(id {r.info.run_id})" in tail and f"mlflow ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}" in tail
+    metrics = json.loads(outs[0].split("metrics='", 1)[1].split("', quarantine=", 1)[0])
+    assert "eval/accuracy" in metrics[0] and "eval/accuracy" not in metrics[1] and "eval/accuracy" in metrics[2]
+
+    # the second run replayed the cache: tagged as a rerun of the first, left out by spark-compare
+    assert "repeats" not in outs[0] and f"repeats MLflow run {first.info.run_id}" in outs[1]
+    assert tracking_tags(rerun, "spark.rerun_of") == first.info.run_id
+    assert tracking_tags(first, "spark.rerun_of") is None
+    p = subprocess.run([sys.executable, "-m", "spark_core.evaluate.compare"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert first.info.run_id in p.stdout and rerun.info.run_id not in p.stdout
+    assert "1 cached rerun(s) left out" in p.stdout
 
 
 @pytest.mark.slow

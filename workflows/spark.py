@@ -27,7 +27,7 @@ from tasks.data import prepare_data, select_prompts
 from tasks.evaluate import evaluate_policy, judge_eval_set
 from tasks.model import base_model, bootstrap
 from tasks.recycle import queue_recycled, recycle_rollouts
-from tasks.report import report
+from tasks.report import RunSummary, report, summarize_run
 from tasks.resources import LIGHT, PRESET
 from tasks.reward import score_rollouts
 from tasks.rollout import rollout_shard
@@ -43,8 +43,9 @@ class Configs(NamedTuple):
 
 class SparkOutput(NamedTuple):
     policy: Checkpoint
-    metrics: str
+    metrics: str  # JSON list: the merged metrics of each epoch (0 = the starting model)
     quarantine: StructuredDataset
+    summary: RunSummary  # last, so a local `pyflyte run` ends with its readable text
 
 
 @task(container_image=light_image, resources=LIGHT)
@@ -156,12 +157,13 @@ spark_block_lp = LaunchPlan.get_or_create(spark_block, name="spark_block")
 def coevolve(config_json: str, run_id: str, start: Checkpoint, train: StructuredDataset,
              eval_prompts: StructuredDataset, judge_prompts: StructuredDataset, start_metrics: str) -> tuple[Checkpoint, str]:
     """Epoch-0 evaluation, then the blocks of epochs (spark_core.loop_plan), then tracking."""
-    from spark_core.config import SparkConfig
+    from spark_core.config import SparkConfig, prefix_view
     from spark_core.loop_plan import blocks
 
     cfg = SparkConfig.from_json(config_json)
     policy, state, queue = start, None, None
-    _, m0 = evaluate_policy(config_json=config_json, policy=start, eval_prompts=eval_prompts,
+    # the starting model is evaluated under the prefix config, so arms and seeds share it from the cache
+    _, m0 = evaluate_policy(config_json=prefix_view(cfg).to_json(), policy=start, eval_prompts=eval_prompts,
                             judge_prompts=judge_prompts, epoch=0).with_overrides(name="eval-e0")
     parts = [[log_epoch(run_id=run_id, epoch=0, metrics=[m0, start_metrics])]]
     for first, n in blocks(cfg):
@@ -195,6 +197,7 @@ def spark(preset: str = PRESET, epochs: int = 2, arm: str = "spark", model: str 
     policy, history = coevolve(config_json=config_json, run_id=run_id, start=start, train=d.train,
                                eval_prompts=d.eval, judge_prompts=judge_prompts, start_metrics=boot_metrics)
     report(history=history)  # Flyte Deck: curves over epochs and per-benchmark table
-    return SparkOutput(policy=policy, metrics=history, quarantine=d.quarantine)
+    summary = summarize_run(config_json=config_json, run_id=run_id, history=history, policy=policy)
+    return SparkOutput(policy=policy, metrics=history, quarantine=d.quarantine, summary=summary)
 
 

@@ -84,9 +84,10 @@ def _count(rng: random.Random, s: int) -> tuple[str, str, Image.Image]:
     draw = ImageDraw.Draw(img)
     colour = rng.choice(sorted(_COLOURS))
     shape = rng.choice(["circle", "square"])
-    n_target = rng.randint(1, 6)
-    n_distract = rng.randint(1, 4)
-    others = [(c, sh) for c in sorted(_COLOURS) for sh in ("circle", "square") if (c, sh) != (colour, shape)]
+    n_target = rng.randint(1, 5)
+    n_distract = rng.randint(0, 3)
+    # distractors differ in colour, so the count is the number of blobs of one colour
+    others = [(c, sh) for c in sorted(_COLOURS) for sh in ("circle", "square") if c != colour]
     grid = 4  # 16 cells; shapes never overlap
     cells = rng.sample(range(grid * grid), n_target + n_distract)
     cell = s / grid
@@ -100,10 +101,10 @@ def _count(rng: random.Random, s: int) -> tuple[str, str, Image.Image]:
 
 def _read_number(rng: random.Random, s: int) -> tuple[str, str, Image.Image]:
     img = Image.new("RGB", (s, s), _WHITE)
-    value = rng.randint(1, 20)
+    value = rng.randint(1, 9)  # one large digit
     cx = s / 2 + rng.uniform(-0.1, 0.1) * s
     cy = s / 2 + rng.uniform(-0.1, 0.1) * s
-    _text(img, (cx, cy), str(value), int(s * rng.uniform(0.45, 0.6)), rng.choice(_INK))
+    _text(img, (cx, cy), str(value), int(s * rng.uniform(0.55, 0.7)), rng.choice(_INK))
     return "What number is shown in the image?", str(value), img
 
 
@@ -134,7 +135,7 @@ def _bar_max(rng: random.Random, s: int) -> tuple[str, str, Image.Image]:
 def _rect_area(rng: random.Random, s: int) -> tuple[str, str, Image.Image]:
     img = Image.new("RGB", (s, s), _WHITE)
     draw = ImageDraw.Draw(img)
-    w, h = rng.randint(2, 5), rng.randint(1, 4)
+    w, h = rng.randint(1, 4), rng.randint(1, 3)
     unit = s * 0.6 / 5
     x0 = s * 0.3 + rng.uniform(-0.03, 0.03) * s
     y0 = s * 0.3 + rng.uniform(-0.03, 0.03) * s
@@ -150,7 +151,7 @@ def _rect_area(rng: random.Random, s: int) -> tuple[str, str, Image.Image]:
 
 def _add_shown(rng: random.Random, s: int) -> tuple[str, str, Image.Image]:
     img = Image.new("RGB", (s, s), _WHITE)
-    a, b = rng.randint(1, 9), rng.randint(1, 9)
+    a, b = rng.randint(1, 5), rng.randint(1, 5)
     ink = rng.sample(_INK, 2)
     font_px = int(s * 0.42)
     _text(img, (s * 0.27, s * rng.uniform(0.35, 0.65)), str(a), font_px, ink[0])
@@ -218,9 +219,16 @@ _SOLUTIONS = {
 }
 
 
-def worked_solution(row: dict[str, Any]) -> str:
-    """A one-sentence solution ending in exactly one \\boxed{answer} (bootstrap target)."""
+def worked_solution(row: dict[str, Any], brief: bool = False) -> str:
+    """A one-sentence solution ending in exactly one \\boxed{answer} (bootstrap target).
+
+    brief: only the boxed answer. Every response token costs a 152k-way LM head on
+    the tiny model, so the short form makes warm start, rollouts and updates cheaper
+    and puts the answer tokens' share of the token-mean loss up.
+    """
     answer = str(row["answer"]).strip()
+    if brief:
+        return f"\\boxed{{{answer}}}"
     source = str(row.get("source") or "")
     task = source.split(":", 1)[1] if source.startswith("synthetic:") else ""
     if task == "count":

@@ -3,9 +3,10 @@
 For every eval problem: one pointwise prompt on the true answer, one pointwise prompt
 on a wrong answer, and one pairwise prompt (true vs wrong, random order). Wrong
 answers are the starting policy's own wrong rollouts where it produced any (the
-mistakes a judge meets in training), else a nearby wrong number. The labels are
-balanced (Yes/No, A/B), so a judge that always gives one verdict scores 50%, not the
-share of wrong rollouts.
+mistakes a judge meets in training), else a nearby wrong number; either way the
+verifier confirms each one is wrong, so no label calls a correct answer wrong. The
+labels are balanced (Yes/No, A/B), so a judge that always gives one verdict scores
+50%, not the share of wrong rollouts.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import random
 
 from spark_core import schemas
 from spark_core.config import SparkConfig
-from spark_core.recycle.build import near_miss, stable_seed
+from spark_core.recycle.build import stable_seed
+from spark_core.recycle.build import wrong_answers as near_wrong_answers
 from spark_core.recycle.templates import PAIRWISE, POINTWISE
 from spark_core.reward import score_batch
 from spark_core.rollout.base import SamplingSpec
@@ -23,13 +25,37 @@ from spark_core.rollout.hf import HFBackend
 JUDGE_EVAL_SAMPLES = 4  # rollouts per eval problem used to find realistic wrong answers
 
 
-def balanced_judge_prompts(rows: list[dict], wrong_answers: dict[str, list[str]], seed: int) -> list[dict]:
+def verified_wrong(rows: list[dict], wrong_answers: dict[str, list[str]], timeout_s: float = 5.0) -> dict[str, list[str]]:
+    """The candidate wrong answers that the verifier really scores as wrong, per prompt id.
+
+    Rollout answers were scored once already, but a caller may pass any list; a
+    candidate equal to the truth, equivalent to it ("0.50" for 0.5) or undecidable
+    (timeout, error) is dropped."""
+    pairs = [(r["prompt_id"], w.strip(), str(r["answer"]).strip())
+             for r in rows for w in wrong_answers.get(r["prompt_id"], []) if isinstance(w, str) and w.strip()]
+    scores = score_batch([f"\\boxed{{{w}}}" for _, w, _ in pairs], [t for _, _, t in pairs], timeout_s=timeout_s)
+    out: dict[str, list[str]] = {}
+    for (pid, w, _), sc in zip(pairs, scores):
+        if sc["status"] == "wrong" and w not in out.setdefault(pid, []):
+            out[pid].append(w)
+    return out
+
+
+def balanced_judge_prompts(rows: list[dict], wrong_answers: dict[str, list[str]], seed: int,
+                           timeout_s: float = 5.0) -> list[dict]:
+    """Three judge prompts per row; every wrong answer shown is checked by the verifier
+    (a rollout's wrong answer where one survives the check, else a verified near miss)."""
     rng = random.Random(stable_seed("judge-eval", seed))
+    pools = verified_wrong(rows, wrong_answers, timeout_s)
+    need = [r for r in rows if not pools.get(r["prompt_id"])]
+    synthetic = dict(zip([r["prompt_id"] for r in need],
+                         near_wrong_answers([str(r["answer"]).strip() for r in need],
+                                            random.Random(stable_seed("judge-eval-wrong", seed)), timeout_s=timeout_s)))
     out = []
     for r in rows:
         truth = str(r["answer"]).strip()
-        pool = [w for w in wrong_answers.get(r["prompt_id"], []) if w and w.strip() != truth]
-        wrong, origin = (rng.choice(pool), "rollout") if pool else (near_miss(truth, rng), "synthetic")
+        pool = pools.get(r["prompt_id"])
+        wrong, origin = (rng.choice(pool), "rollout") if pool else (synthetic[r["prompt_id"]], "synthetic")
         q = r.get("question") or ""
 
         def row(kind: str, tid: str, text: str, label: str, n: int) -> dict:
@@ -61,4 +87,4 @@ def build_judge_eval_set(cfg: SparkConfig, model_dir: str, eval_rows: list[dict]
     for s, sc in zip(samples, scores):
         if sc["reward"] < 0.5 and sc["status"] == "wrong" and sc["extracted"]:
             wrong.setdefault(s.prompt_id, []).append(sc["extracted"].strip())
-    return balanced_judge_prompts(rows, wrong, cfg.seed)
+    return balanced_judge_prompts(rows, wrong, cfg.seed, timeout_s=cfg.reward.timeout_s)

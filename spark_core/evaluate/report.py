@@ -49,7 +49,24 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _plot(title: str, keys: list[str], history: list[dict]) -> str:
+def whole_epoch_ticks(ax, epochs: Iterable[int]) -> None:
+    """Epoch ticks at whole numbers only: every epoch when there are few, else an
+    integer locator (which alone would fall back to fractions on a one-epoch axis)."""
+    from matplotlib.ticker import MaxNLocator
+
+    xs = sorted({int(e) for e in epochs})
+    if not xs:
+        return
+    if xs[-1] - xs[0] < 12:
+        ax.set_xticks(range(xs[0], xs[-1] + 1))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if xs[0] == xs[-1]:
+        ax.set_xlim(xs[0] - 0.5, xs[0] + 0.5)
+
+
+def epoch_figure(title: str, keys: list[str], history: list[dict]):
+    """One panel: each key's value over the epochs where it was logged."""
     # Figure without pyplot: no global backend state, safe in threads and task pods
     from matplotlib.figure import Figure
 
@@ -63,9 +80,12 @@ def _plot(title: str, keys: list[str], history: list[dict]) -> str:
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    if len(history) < 12:
-        ax.set_xticks(range(len(history)))
-    return _png(fig)
+    whole_epoch_ticks(ax, range(len(history)))
+    return fig
+
+
+def _plot(title: str, keys: list[str], history: list[dict]) -> str:
+    return _png(epoch_figure(title, keys, history))
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
@@ -108,3 +128,56 @@ def deck_html(history: list[dict], per_benchmark: dict[str, float] | None = None
         parts += [f"<h3>Latest metrics (epoch {len(history) - 1})</h3>", _table(("metric", "value"), rows)]
     parts.append("</div>")
     return "\n".join(parts)
+
+
+# ---- the end-of-run summary, as plain text -------------------------------------------
+
+# (column header, metric key)
+SUMMARY_COLUMNS = (("held-out acc", "eval/accuracy"), ("judge acc", "eval/judge_accuracy"),
+                   ("pointwise", "eval/judge_accuracy/pointwise"), ("pairwise", "eval/judge_accuracy/pairwise"),
+                   ("policy reward", "policy/reward_mean"), ("recycled reward", "recycled/reward_mean"))
+
+
+def _change(history: list[dict], key: str) -> str | None:
+    pts = [v for v in (_num(h.get(key)) for h in history) if v is not None]
+    if len(pts) < 2:
+        return None
+    return f"{pts[0]:.3f} -> {pts[-1]:.3f} ({100 * (pts[-1] - pts[0]):+.1f} points)"
+
+
+def run_summary(history: list[dict], *, arm: str, preset: str, seed: int, checkpoint: str,
+                run: dict[str, str] | None = None) -> str:
+    """What a finished run did, for a terminal: per-epoch accuracy, judge accuracy and
+    reward, the change from the start, and where the checkpoint and MLflow run are.
+
+    history[i] is the merged metrics of epoch i (0 = the starting model); `run` is
+    `tracking.run_info` of the MLflow run, if there is one.
+    """
+    history = [h if isinstance(h, dict) else {} for h in (history or [])]
+    n = max(0, len(history) - 1)
+    lines = [f"SPARK run finished: arm {arm}, preset {preset}, seed {seed}, {n} epoch(s) "
+             f"(epoch 0 = the starting model)", ""]
+    cols = [(h, k) for h, k in SUMMARY_COLUMNS if any(_num(e.get(k)) is not None for e in history)]
+    header = ["epoch"] + [h for h, _ in cols]
+    rows = [[str(e)] + [fmt(h.get(k)) for _, k in cols] for e, h in enumerate(history)]
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    for r in [header] + rows:
+        lines.append("  ".join(c.rjust(w) for c, w in zip(r, widths)).rstrip())
+    changes = [(label, _change(history, key)) for label, key in (("held-out accuracy", "eval/accuracy"),
+                                                                 ("judge accuracy", "eval/judge_accuracy"),
+                                                                 ("policy reward", "policy/reward_mean"))]
+    changes = [(label, c) for label, c in changes if c]
+    if changes:
+        lines.append("")
+        lines += [f"{label + ':':<19}{c}" for label, c in changes]
+    lines += ["", f"checkpoint:        {checkpoint}  (Hugging Face format; transformers loads it directly)"]
+    if run:
+        uri = run.get("tracking_uri", "")
+        lines.append(f"MLflow run:        {run.get('run_name', '')} (id {run.get('run_id', '')}), "
+                     f"experiment {run.get('experiment', '')!r}")
+        lines.append(f"MLflow tracking:   {uri}")
+        lines.append(f"see it with:       mlflow ui --backend-store-uri {uri}")
+        if run.get("rerun_of"):
+            lines.append(f"note:              every stage came from the cache; this run repeats MLflow run "
+                         f"{run['rerun_of']} (tagged spark.rerun_of, left out by spark-compare)")
+    return "\n".join(lines)

@@ -71,6 +71,9 @@ def build_tiny(out_dir: str, cfg: ModelConfig) -> str:
 
     torch.manual_seed(cfg.tiny.seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_model_config(cfg.tiny))
+    if cfg.tiny.embed_init_std != model.config.text_config.initializer_range:
+        with torch.no_grad():  # tied: this is the LM head too
+            model.get_input_embeddings().weight.normal_(0.0, cfg.tiny.embed_init_std)
     model.generation_config.eos_token_id = [SPECIAL_IDS["<|im_end|>"], SPECIAL_IDS["<|endoftext|>"]]
     model.generation_config.pad_token_id = SPECIAL_IDS["<|endoftext|>"]
     tokenizer = build_qwen_tokenizer()

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import random
+import re
 from typing import Any
 
 from spark_core import schemas
@@ -220,32 +221,100 @@ def recycle(
     return _take(rng, judge, n_judge) + _take(rng, reflect, n_reflect)
 
 
+_OFFSETS = (-3, -2, -1, 1, 2, 3)
+_DIGITS = re.compile(r"\d+")
+_LETTER = re.compile(r"\(?([A-Ea-e])\)?")
+MAX_WRONG_DRAWS = 20
+
+
 def near_miss(truth: str, rng: random.Random) -> str:
-    """A plausible wrong answer: a nearby integer (or the truth with a digit appended)."""
+    """A plausible wrong answer near `truth`, NOT yet checked: use `wrong_answers`.
+
+    Integers move by 1-3; otherwise one run of digits (a decimal place, a numerator,
+    a percentage, a coordinate) moves by 1-3, keeping its width; a choice letter
+    becomes another letter, yes becomes no; anything else gets a digit appended.
+    """
+    t = truth.strip()
     try:
-        return str(int(truth) + rng.choice([-3, -2, -1, 1, 2, 3]))
+        return str(int(t) + rng.choice(_OFFSETS))
     except ValueError:
-        return truth + "0"
+        pass
+    m = _LETTER.fullmatch(t)
+    if m:
+        letter = m.group(1)
+        other = rng.choice([c for c in "ABCDE" if c != letter.upper()])
+        return t.replace(letter, other if letter.isupper() else other.lower())
+    if t.lower() in ("yes", "no"):
+        return {"yes": "No", "no": "Yes"}[t.lower()]
+    runs = list(_DIGITS.finditer(t))
+    if runs:
+        r = rng.choice(runs)
+        v = int(r.group())
+        # a run that is not 0 stays >= 1, so a denominator never becomes 0
+        moved = [v + k for k in _OFFSETS if v + k >= (1 if v >= 1 else 0)]
+        new = str(rng.choice(moved)).zfill(len(r.group()))
+        return t[: r.start()] + new + t[r.end():]
+    return t + str(rng.randint(1, 9))
 
 
-def judge_sample_for_bootstrap(p: dict, rng: random.Random) -> tuple[dict, str]:
-    """A judge prompt on a made-up candidate answer, with its correct verdict.
+def wrong_answers(truths: list[str], rng: random.Random, timeout_s: float = 5.0,
+                  max_draws: int = MAX_WRONG_DRAWS) -> list[str]:
+    """One wrong answer per truth, each one that the verifier scores as wrong.
+
+    A near miss can still be right ("0.5" -> "0.50", "1/2" for 0.5), and a judge
+    prompt that shows it under a "No" label would teach or grade the wrong verdict. So
+    every candidate goes through the project's verifier (``\\boxed{candidate}``
+    against the truth); one it scores correct, or cannot decide (timeout, error), is
+    drawn again, up to `max_draws` times. Raises ValueError naming the truth if no
+    wrong answer is found.
+    """
+    from spark_core.reward import score_batch
+
+    out: list[str | None] = [None] * len(truths)
+    todo = list(range(len(truths)))
+    for _ in range(max(1, max_draws)):
+        if not todo:
+            break
+        cand = {i: near_miss(str(truths[i]), rng) for i in todo}
+        scores = score_batch([f"\\boxed{{{cand[i]}}}" for i in todo], [str(truths[i]) for i in todo],
+                             timeout_s=timeout_s)
+        rest = []
+        for i, sc in zip(todo, scores):
+            if sc["status"] == "wrong":
+                out[i] = cand[i]
+            else:
+                rest.append(i)
+        todo = rest
+    if todo:
+        raise ValueError(f"no wrong answer found for the true answer {str(truths[todo[0]])!r} "
+                         f"({len(todo)} answer(s) in all): {max_draws} candidates near it were all scored correct "
+                         f"or could not be checked by the verifier")
+    return out  # type: ignore[return-value]
+
+
+def judge_samples_for_bootstrap(rows: list[dict], rng: random.Random,
+                                timeout_s: float = 5.0) -> list[tuple[dict, str]]:
+    """One judge prompt per row on a made-up candidate answer, with its correct verdict.
 
     Used by the warm start to teach the judge format; candidates are the true answer
-    or a nearby wrong number, so the verdict is known without any rollout.
+    or a verified wrong answer near it (`wrong_answers`), so the verdict is known
+    without any rollout.
     """
-    q = _question_text(p, ANSWER_SUFFIX)
-    truth = str(p["answer"]).strip()
-    wrong = near_miss(truth, rng)
+    truths = [str(p["answer"]).strip() for p in rows]
+    wrongs = wrong_answers(truths, rng, timeout_s=timeout_s)
     b = _Builder(epoch=-1)
-    right_r = {"rollout_id": "boot-right", "extracted": truth, "reward": 1.0}
-    wrong_r = {"rollout_id": "boot-wrong", "extracted": wrong, "reward": 0.0}
-    if rng.random() < 0.5:
-        correct = rng.random() < 0.5
-        row = _pointwise(b, rng, p, q, right_r if correct else wrong_r, correct)
-    else:
-        t = rng.choice(PAIRWISE)
-        first, second, label = (truth, wrong, "A") if rng.random() < 0.5 else (wrong, truth, "B")
-        row = b.row(p, schemas.KIND_PAIRWISE, t, t.fill(question=q, answer_a=first, answer_b=second), label,
-                    ["boot-a", "boot-b"])
-    return row, row["answer"]
+    out = []
+    for p, truth, wrong in zip(rows, truths, wrongs):
+        q = _question_text(p, ANSWER_SUFFIX)
+        right_r = {"rollout_id": "boot-right", "extracted": truth, "reward": 1.0}
+        wrong_r = {"rollout_id": "boot-wrong", "extracted": wrong, "reward": 0.0}
+        if rng.random() < 0.5:
+            correct = rng.random() < 0.5
+            row = _pointwise(b, rng, p, q, right_r if correct else wrong_r, correct)
+        else:
+            t = rng.choice(PAIRWISE)
+            first, second, label = (truth, wrong, "A") if rng.random() < 0.5 else (wrong, truth, "B")
+            row = b.row(p, schemas.KIND_PAIRWISE, t, t.fill(question=q, answer_a=first, answer_b=second), label,
+                        ["boot-a", "boot-b"])
+        out.append((row, row["answer"]))
+    return out

@@ -22,17 +22,15 @@ from spark_core.model.tokenizer import SPECIAL_IDS
 from spark_core.train.grpo import masked_mean
 
 
-def judge_examples(rows: list[dict], n: int, rng: random.Random) -> list[tuple[dict, str]]:
+def judge_examples(rows: list[dict], n: int, rng: random.Random, brief: bool = False) -> list[tuple[dict, str]]:
     """Judge-format examples with correct verdicts, built with the recycling templates."""
     out = []
     if n <= 0:
         return out
-    from spark_core.recycle.build import judge_sample_for_bootstrap
+    from spark_core.recycle.build import judge_samples_for_bootstrap
 
-    for _ in range(n):
-        row = rng.choice(rows)
-        sample, verdict = judge_sample_for_bootstrap(row, rng)
-        out.append((sample, f"The verdict is \\boxed{{{verdict}}}."))
+    for sample, verdict in judge_samples_for_bootstrap([rng.choice(rows) for _ in range(n)], rng):
+        out.append((sample, f"\\boxed{{{verdict}}}" if brief else f"The verdict is \\boxed{{{verdict}}}."))
     return out
 
 
@@ -41,8 +39,9 @@ def bootstrap_examples(rows: list[dict], cfg: SparkConfig, n: int, seed: int) ->
 
     rng = random.Random(seed)
     n_judge = int(round(n * cfg.bootstrap.judge_fraction))
-    solve = [(r, worked_solution(r)) for r in (rng.choice(rows) for _ in range(n - n_judge))]
-    ex = solve + judge_examples(rows, n_judge, rng)
+    brief = cfg.bootstrap.brief_targets
+    solve = [(r, worked_solution(r, brief=brief)) for r in (rng.choice(rows) for _ in range(n - n_judge))]
+    ex = solve + judge_examples(rows, n_judge, rng, brief=brief)
     rng.shuffle(ex)
     return ex
 
