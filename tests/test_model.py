@@ -89,3 +89,20 @@ def test_response_logprobs_match_full_forward(tiny_dir):
 
 def test_processor_config_files_describe_stock_processor(tiny_dir):
     assert json.load(open(os.path.join(tiny_dir, "processor_config.json")))["processor_class"] == "Qwen2_5_VLProcessor"
+
+
+def test_tiny_embedding_init_std_is_applied_and_stays_tied(tmp_path):
+    # the wider start of the tied embedding/LM head is what lets the warm start learn
+    # to condition on the prompt in tens of steps (benchmarks/learning_sweep.py)
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from spark_core.config import ModelConfig, TinyModelConfig
+    from spark_core.model.tiny import build_tiny
+
+    for std in (0.02, 0.1):
+        cfg = ModelConfig(tiny=TinyModelConfig(embed_init_std=std))
+        d = build_tiny(str(tmp_path / f"m{std}"), cfg)
+        m = Qwen2_5_VLForConditionalGeneration.from_pretrained(d, use_safetensors=True)
+        w = m.get_input_embeddings().weight
+        assert abs(float(w.std()) - std) < 0.1 * std
+        assert m.lm_head.weight.data_ptr() == w.data_ptr()
