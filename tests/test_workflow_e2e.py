@@ -13,7 +13,7 @@ import pytest
 from spark_core import schemas
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FAST = {"bootstrap.steps": 20, "data.synthetic_train": 32, "data.synthetic_eval": 8,
+FAST = {"bootstrap.steps": 20, "bootstrap.batch_size": 8, "data.synthetic_train": 32, "data.synthetic_eval": 8,
         "rollout.prompts_per_epoch": 4, "rollout.n_samples": 4, "rollout.max_new_tokens": 16,
         "train.train_batch_size": 16, "eval.max_new_tokens": 16, "eval.judge_samples": 8,
         "recycle.recycled_batch": 2}
