@@ -20,6 +20,7 @@ import torch
 from spark_core import schemas
 from spark_core.config import SparkConfig, load_config
 from spark_core.data.loader import DataError
+from tests.helpers import safetensors_weights, scored_rollouts
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,21 +106,9 @@ def test_only_bad_rows_fail_with_the_count(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_rollouts(tiny_dir):
-    from spark_core.data import generate
-    from spark_core.rollout.base import SamplingSpec
-    from spark_core.rollout.hf import HFBackend
-
-    rows = generate(2, seed=3)
-    samples = HFBackend(tiny_dir, SparkConfig().model).generate(rows, SamplingSpec(n=2, max_new_tokens=6, seed=5))
-    scored = [dict(prompt_id=s.prompt_id, prompt_token_ids=s.prompt_token_ids, response_token_ids=s.response_token_ids,
-                   old_logprobs=s.logprobs, reward=float(s.sample_index == 0)) for s in samples]
-    return rows, scored
+    return scored_rollouts(tiny_dir, 2, data_seed=3, sample_seed=5)
 
 
-def _weights(path: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(os.path.join(path, "model.safetensors"))
 
 
 def test_crashed_update_resumes_from_its_checkpoint(tiny_dir, small_rollouts, tmp_path, monkeypatch):
@@ -171,8 +160,8 @@ def test_crashed_update_resumes_from_its_checkpoint(tiny_dir, small_rollouts, tm
 
     # the same weights as the uninterrupted pass, bit for bit: on CPU with fixed seeds the
     # pass is deterministic, and the checkpoint holds the fp32 weights, Adam moments and RNG
-    w_full, w_resumed = _weights(str(tmp_path / "full" / "out")), _weights(str(tmp_path / "resumed" / "out"))
-    w_start = _weights(tiny_dir)
+    w_full, w_resumed = safetensors_weights(str(tmp_path / "full" / "out")), safetensors_weights(str(tmp_path / "resumed" / "out"))
+    w_start = safetensors_weights(tiny_dir)
     assert w_full.keys() == w_resumed.keys()
     assert any(not torch.equal(w_full[k], w_start[k]) for k in w_full)  # the pass did train
     for k in w_full:

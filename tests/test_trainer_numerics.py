@@ -9,19 +9,12 @@ import torch
 from spark_core.config import ModelConfig, SparkConfig, preset
 from spark_core.model.loading import load_model, load_processor
 from spark_core.model.logprobs import ResponseLogprobs, build_batch, response_logprobs
+from tests.helpers import scored_rollouts
 
 
 @pytest.fixture(scope="module")
 def batch_rows(tiny_dir):
-    from spark_core.data import generate
-    from spark_core.rollout.base import SamplingSpec
-    from spark_core.rollout.hf import HFBackend
-
-    rows = generate(2, seed=11)
-    samples = HFBackend(tiny_dir, SparkConfig().model).generate(rows, SamplingSpec(n=2, max_new_tokens=6, seed=2))
-    scored = [dict(prompt_id=s.prompt_id, prompt_token_ids=s.prompt_token_ids, response_token_ids=s.response_token_ids,
-                   old_logprobs=s.logprobs, reward=float(s.sample_index == 0)) for s in samples]
-    return rows, scored
+    return scored_rollouts(tiny_dir, 2, data_seed=11, sample_seed=2)
 
 
 def _batch(tiny_dir, rows, scored):

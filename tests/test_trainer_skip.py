@@ -11,19 +11,12 @@ import torch
 
 from spark_core.config import SparkConfig
 from spark_core.train.engine import FAULT_ENV, GRAD_FAULT_ENV, GRPOTrainer
+from tests.helpers import scored_rollouts
 
 
 @pytest.fixture(scope="module")
 def rollouts(tiny_dir):
-    from spark_core.data import generate
-    from spark_core.rollout.base import SamplingSpec
-    from spark_core.rollout.hf import HFBackend
-
-    rows = generate(2, seed=7)
-    samples = HFBackend(tiny_dir, SparkConfig().model).generate(rows, SamplingSpec(n=2, max_new_tokens=6, seed=3))
-    scored = [dict(prompt_id=s.prompt_id, prompt_token_ids=s.prompt_token_ids, response_token_ids=s.response_token_ids,
-                   old_logprobs=s.logprobs, reward=float(s.sample_index == 0)) for s in samples]
-    return rows, scored
+    return scored_rollouts(tiny_dir, 2, data_seed=7, sample_seed=3)
 
 
 def _optimizer_state(trainer) -> dict[str, torch.Tensor]:

@@ -11,25 +11,14 @@ import torch
 from spark_core.config import ModelConfig, SparkConfig
 from spark_core.model.loading import load_model
 from spark_core.train.engine import STATE_FILE, GRPOTrainer
+from tests.helpers import safetensors_weights, scored_rollouts
 
 
 @pytest.fixture(scope="module")
 def rollouts(tiny_dir):
-    from spark_core.data import generate
-    from spark_core.rollout.base import SamplingSpec
-    from spark_core.rollout.hf import HFBackend
-
-    rows = generate(2, seed=13)
-    samples = HFBackend(tiny_dir, SparkConfig().model).generate(rows, SamplingSpec(n=2, max_new_tokens=6, seed=8))
-    scored = [dict(prompt_id=s.prompt_id, prompt_token_ids=s.prompt_token_ids, response_token_ids=s.response_token_ids,
-                   old_logprobs=s.logprobs, reward=float(s.sample_index == 0)) for s in samples]
-    return rows, scored
+    return scored_rollouts(tiny_dir, 2, data_seed=13, sample_seed=8)
 
 
-def _weights(path: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    return load_file(os.path.join(path, "model.safetensors"))
 
 
 def test_zero3_partitions_policy_and_reference_and_saves_a_reloadable_checkpoint(tiny_dir, rollouts, tmp_path):
@@ -79,7 +68,7 @@ def test_zero3_partitions_policy_and_reference_and_saves_a_reloadable_checkpoint
 
     trainer.save_hf(str(tmp_path / "out"))
     trainer.save_state(str(tmp_path / "state"))
-    saved, start = _weights(str(tmp_path / "out")), _weights(tiny_dir)
+    saved, start = safetensors_weights(str(tmp_path / "out")), safetensors_weights(tiny_dir)
     assert saved.keys() == start.keys()
     assert any(not torch.equal(saved[k], start[k]) for k in saved)  # it trained
     reloaded = load_model(str(tmp_path / "out"), ModelConfig())  # plain transformers, no DeepSpeed

@@ -1,0 +1,28 @@
+"""Small builders shared by the trainer tests (plain functions, not fixtures)."""
+
+from __future__ import annotations
+
+import os
+
+
+def scored_rollouts(model_dir: str, n_prompts: int, data_seed: int, sample_seed: int):
+    """Synthetic prompts and 2 HF rollouts each from the real model, in the shape the
+    trainer reads (sample 0 of each prompt rewarded 1, sample 1 rewarded 0)."""
+    from spark_core.config import SparkConfig
+    from spark_core.data import generate
+    from spark_core.rollout.base import SamplingSpec
+    from spark_core.rollout.hf import HFBackend
+
+    rows = generate(n_prompts, seed=data_seed)
+    samples = HFBackend(model_dir, SparkConfig().model).generate(
+        rows, SamplingSpec(n=2, max_new_tokens=6, seed=sample_seed))
+    scored = [dict(prompt_id=s.prompt_id, prompt_token_ids=s.prompt_token_ids, response_token_ids=s.response_token_ids,
+                   old_logprobs=s.logprobs, reward=float(s.sample_index == 0)) for s in samples]
+    return rows, scored
+
+
+def safetensors_weights(path: str):
+    """The tensors of a saved checkpoint directory's model.safetensors."""
+    from safetensors.torch import load_file
+
+    return load_file(os.path.join(path, "model.safetensors"))
