@@ -139,20 +139,22 @@ def summarize_run(arm: str, seed: int, hist: list[dict], seconds: float) -> dict
 # ---- tables --------------------------------------------------------------------------------
 
 
-def _ci(m: float, lo: float, hi: float) -> str:
+def _interval(m: float, lo: float, hi: float, fmt=lambda x: f"{x:.3f}") -> str:
+    """`m [lo, hi]`, `m` alone when the interval is undefined (one seed), `-` without m."""
     if not math.isfinite(m):
         return "-"
     if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{m:.3f}"
-    return f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+        return fmt(m)
+    return f"{fmt(m)} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def _ci(m: float, lo: float, hi: float) -> str:
+    return _interval(m, lo, hi)
 
 
 def _pts(m: float, lo: float, hi: float) -> str:
-    if not math.isfinite(m):
-        return "-"
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return f"{100 * m:+.1f}"
-    return f"{100 * m:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    """A difference of accuracies in points."""
+    return _interval(m, lo, hi, fmt=lambda x: f"{100 * x:+.1f}")
 
 
 def _md(header: list[str], rows: list[list[str]]) -> str:

@@ -26,3 +26,27 @@ def safetensors_weights(path: str):
     from safetensors.torch import load_file
 
     return load_file(os.path.join(path, "model.safetensors"))
+
+
+def first_step_gradient(trainer, rows: list[dict], scored: list[dict]) -> dict:
+    """The full gradient of the trainer's first optimizer step on `scored`, taken just
+    before the optimizer applies it (after all micro-batches and DeepSpeed's scaling).
+    Gathering a ZeRO gradient is a collective: every rank must call this."""
+    from deepspeed.utils import safe_get_full_grad
+
+    opt = trainer.engine.optimizer
+    real_step = opt.step
+    grads: dict = {}
+
+    def step(*a, **kw):
+        if not grads:
+            for name, p in trainer.module.named_parameters():
+                g = safe_get_full_grad(p)
+                if g is not None:
+                    grads[name] = g.detach().clone().float()
+        return real_step(*a, **kw)
+
+    opt.step = step
+    m = trainer.train_pass(rows, scored, "policy")
+    assert m["steps"] == 1 and not m["step_log"][0]["skipped"]
+    return grads

@@ -15,53 +15,38 @@ import torch
 
 from spark_core.config import SparkConfig
 from spark_core.train.engine import GRPOTrainer
+from tests.helpers import first_step_gradient
 
 
 LENGTHS = [8, 1, 6, 1]
 
 
-@pytest.fixture(scope="module")
-def rollouts(tiny_dir):
+def unequal_rollouts(tiny_dir):
+    """2 prompts x 2 samples cut to very unequal response lengths (LENGTHS)."""
     from spark_core.data import generate
     from spark_core.rollout.base import SamplingSpec
     from spark_core.rollout.hf import HFBackend
 
     rows = generate(2, seed=21)
     samples = HFBackend(tiny_dir, SparkConfig().model).generate(rows, SamplingSpec(n=2, max_new_tokens=8, seed=4))
-    scored = []
-    for j, s in enumerate(samples):  # very unequal response lengths
-        n = LENGTHS[j]
-        scored.append(dict(prompt_id=s.prompt_id, prompt_token_ids=s.prompt_token_ids,
-                           response_token_ids=s.response_token_ids[:n], old_logprobs=s.logprobs[:n],
-                           reward=[1.0, 0.0, 0.0, 1.0][j]))
+    scored = [dict(prompt_id=s.prompt_id, prompt_token_ids=s.prompt_token_ids,
+                   response_token_ids=s.response_token_ids[:n], old_logprobs=s.logprobs[:n], reward=r)
+              for s, n, r in zip(samples, LENGTHS, [1.0, 0.0, 0.0, 1.0])]
     return rows, scored
+
+
+@pytest.fixture(scope="module")
+def rollouts(tiny_dir):
+    return unequal_rollouts(tiny_dir)
 
 
 def _step_gradient(tiny_dir, rows, scored, micro: int) -> dict[str, torch.Tensor]:
     """The full gradient of the first optimizer step, taken just before the optimizer
     applies it (after all micro-batches and DeepSpeed's own scaling)."""
-    from deepspeed.utils import safe_get_full_grad
-
     cfg = SparkConfig()
     cfg.train.train_batch_size, cfg.train.micro_batch_size = 4, micro
     cfg.train.kl_coef = 0.0
-    trainer = GRPOTrainer(cfg, tiny_dir, tiny_dir)
-    opt = trainer.engine.optimizer
-    real_step = opt.step
-    grads: dict[str, torch.Tensor] = {}
-
-    def step(*a, **kw):
-        if not grads:
-            for name, p in trainer.module.named_parameters():
-                g = safe_get_full_grad(p)
-                if g is not None:
-                    grads[name] = g.detach().clone().float()
-        return real_step(*a, **kw)
-
-    opt.step = step
-    m = trainer.train_pass(rows, scored, "policy")
-    assert m["steps"] == 1 and not m["step_log"][0]["skipped"]
-    return grads
+    return first_step_gradient(GRPOTrainer(cfg, tiny_dir, tiny_dir), rows, scored)
 
 
 def test_step_gradient_does_not_depend_on_the_micro_batch_split(tiny_dir, rollouts):

@@ -20,9 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent('''
     import sys, torch
-    from deepspeed.utils import safe_get_full_grad
     from spark_core.config import SparkConfig
     from spark_core.train.engine import GRPOTrainer
+    from tests.helpers import first_step_gradient
 
     data, model_dir, out = sys.argv[1], sys.argv[2], sys.argv[3]
     rows, scored = torch.load(data, weights_only=False)
@@ -30,38 +30,16 @@ SCRIPT = textwrap.dedent('''
     cfg.train.train_batch_size, cfg.train.micro_batch_size, cfg.train.kl_coef = 4, 2, 0.0
     trainer = GRPOTrainer(cfg, model_dir, model_dir)
     assert trainer.dist.world == 2 and trainer.ds_config["gradient_accumulation_steps"] == 1
-    opt, grads = trainer.engine.optimizer, {}
-    real_step = opt.step
-
-    def step(*a, **kw):
-        if not grads:
-            for name, p in trainer.module.named_parameters():  # a collective: every rank calls it
-                g = safe_get_full_grad(p)
-                if g is not None:
-                    grads[name] = g.detach().clone().float()
-        return real_step(*a, **kw)
-
-    opt.step = step
-    m = trainer.train_pass(rows, scored, "policy")
-    assert m["steps"] == 1 and not m["step_log"][0]["skipped"]
+    grads = first_step_gradient(trainer, rows, scored)  # every rank takes part in the gather
     if trainer.dist.rank == 0:
         torch.save(grads, out)
 ''')
 
 
 def test_two_ranks_give_the_one_rank_gradient(tiny_dir, tmp_path):
-    from tests.test_trainer_loss_norm import LENGTHS, _step_gradient
+    from tests.test_trainer_loss_norm import _step_gradient, unequal_rollouts
 
-    from spark_core.config import SparkConfig
-    from spark_core.data import generate
-    from spark_core.rollout.base import SamplingSpec
-    from spark_core.rollout.hf import HFBackend
-
-    rows = generate(2, seed=21)
-    samples = HFBackend(tiny_dir, SparkConfig().model).generate(rows, SamplingSpec(n=2, max_new_tokens=8, seed=4))
-    scored = [dict(prompt_id=s.prompt_id, prompt_token_ids=s.prompt_token_ids,
-                   response_token_ids=s.response_token_ids[:n], old_logprobs=s.logprobs[:n], reward=r)
-              for s, n, r in zip(samples, LENGTHS, [1.0, 0.0, 0.0, 1.0])]
+    rows, scored = unequal_rollouts(tiny_dir)
     torch.save((rows, scored), tmp_path / "data.pt")
     (tmp_path / "run.py").write_text(SCRIPT)
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", MASTER_PORT="29733")
