@@ -91,8 +91,9 @@ def run_one(overrides: dict, epochs: int, arm: str, rl: bool, workdir: str, star
         times[name] = times.get(name, 0.0) + time.time() - t0
         return out
 
-    train = timed("data", generate, d.synthetic_train, seed=d.seed, image_size=d.image_size, id_prefix="train")
-    eval_rows = timed("data", generate, d.synthetic_eval, seed=d.seed + 1, image_size=d.image_size,
+    train = timed("data", generate, d.synthetic_train, seed=d.seed, image_size=d.image_size,
+                  tasks=d.synthetic_tasks, id_prefix="train")
+    eval_rows = timed("data", generate, d.synthetic_eval, seed=d.seed + 1, image_size=d.image_size, tasks=d.synthetic_tasks,
                       id_prefix="eval")
     boot = {}
     if not start:

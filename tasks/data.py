@@ -56,7 +56,7 @@ def prepare_data(config_json: str) -> PreparedData:
 
     def load(path: str, synthetic_n: int, seed: int, prefix: str) -> list[dict]:
         if not path:
-            return generate(synthetic_n, seed=seed, image_size=d.image_size, id_prefix=prefix)
+            return generate(synthetic_n, seed=seed, image_size=d.image_size, tasks=d.synthetic_tasks, id_prefix=prefix)
         rows, bad = load_rows(fetch_local(path), max_pixels=cfg.model.max_pixels)
         for b in bad:
             b["reason"] = f"[{path}] {b['reason']}"

@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from spark_core import schemas
-from spark_core.config import ANSWER_SUFFIX
-from spark_core.data import TASKS, generate, worked_solution, write_benchmark_dataset, write_spark_dataset
+from spark_core.config import ANSWER_SUFFIX, SparkConfig, load_config
+from spark_core.data import READABLE_TASKS, TASKS, generate, worked_solution, write_benchmark_dataset, write_spark_dataset
+from spark_core.data.synthetic import _COLOURS as COLOURS
 
 
 def test_same_seed_gives_identical_rows_including_image_bytes():
@@ -49,13 +50,52 @@ def test_rows_have_exactly_the_prompts_schema_and_build_a_table():
 def test_every_task_appears_and_answers_are_small_integers():
     rows = generate(25, seed=3)
     sources = [r["source"] for r in rows]
-    assert {s.split(":", 1)[1] for s in sources} == set(TASKS)
-    assert len(TASKS) >= 5
-    for task in TASKS:
+    assert {s.split(":", 1)[1] for s in sources} == set(READABLE_TASKS)  # the default set
+    assert len(READABLE_TASKS) >= 5
+    for task in READABLE_TASKS:
         assert sources.count(f"synthetic:{task}") == 5  # round-robin: equal shares
+    rows += generate(20, seed=3, tasks=TASKS)
+    assert {r["source"].split(":", 1)[1] for r in rows} == set(TASKS)
     for r in rows:
         assert r["answer"].isdigit(), r
         assert 1 <= int(r["answer"]) <= 20, r
+
+
+def test_default_config_tasks_are_the_readable_ones():
+    assert SparkConfig().data.synthetic_tasks == READABLE_TASKS
+    cfg = load_config("tiny-cpu", json.dumps({"data.synthetic_tasks": ["count", "grid_area"]}))
+    assert cfg.data.synthetic_tasks == ("count", "grid_area")
+    assert SparkConfig.from_json(cfg.to_json()).data.synthetic_tasks == ("count", "grid_area")
+
+
+def _colour_mask(r, colour):
+    import numpy as np
+
+    arr = np.asarray(Image.open(io.BytesIO(r["image"])).convert("RGB")).astype(int)
+    return np.abs(arr - np.array(COLOURS[colour])).sum(-1) < 60
+
+
+def test_dot_answers_match_the_pixels():
+    for task in ("count_dots", "total_dots", "more_dots"):
+        for r in generate(20, seed=5, tasks=(task,)):
+            colours = re.findall(r"\b(red|blue|green)\b", r["question"])
+            n = [len(_blobs(_colour_mask(r, c))) for c in colours]
+            want = {"count_dots": lambda: n[0], "total_dots": lambda: n[0] + n[1],
+                    "more_dots": lambda: n[0] - n[1]}[task]()
+            assert want == int(r["answer"]), (r["question"], n)
+
+
+def test_bar_height_and_grid_area_answers_match_the_pixels():
+    import numpy as np
+
+    size = 112
+    for r in generate(20, seed=6, image_size=size, tasks=("bar_height",)):
+        colour = re.match(r"How tall is the (\w+) bar", r["question"]).group(1)
+        (area, height, width), = _blobs(_colour_mask(r, colour))
+        assert round(height / (size * 0.8 / 6)) == int(r["answer"]), r["question"]
+    for r in generate(20, seed=6, image_size=size, tasks=("grid_area",)):
+        arr = np.asarray(Image.open(io.BytesIO(r["image"])).convert("RGB")).astype(int)
+        assert len(_blobs(np.abs(arr - 255).sum(-1) > 60)) == int(r["answer"])
 
 
 def test_task_subset_is_respected():

@@ -106,3 +106,33 @@ def test_tiny_embedding_init_std_is_applied_and_stays_tied(tmp_path):
         w = m.get_input_embeddings().weight
         assert abs(float(w.std()) - std) < 0.1 * std
         assert m.lm_head.weight.data_ptr() == w.data_ptr()
+
+
+def test_tiny_fan_in_init_scales_every_layer_to_its_width(tmp_path):
+    # Qwen's 0.02 is the right std for a 3584-wide layer; a 64-wide one needs ~1/8, or
+    # each layer shrinks its input ~6x and the answer barely depends on the image
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from spark_core.config import ModelConfig, TinyModelConfig
+    from spark_core.model.tiny import build_tiny
+
+    def load(init: str):
+        d = build_tiny(str(tmp_path / init), ModelConfig(tiny=TinyModelConfig(weight_init=init)))
+        return Qwen2_5_VLForConditionalGeneration.from_pretrained(d, use_safetensors=True)
+
+    fan_in, config = load("fan_in"), load("config")
+    layers = {n: m for n, m in fan_in.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv3d))
+              and m is not fan_in.lm_head}
+    assert any(".visual." in f".{n}" for n in layers) and any("language_model" in n for n in layers)
+    for name, mod in layers.items():
+        want = mod.weight[0].numel() ** -0.5
+        assert abs(float(mod.weight.std()) - want) < 0.15 * want, (name, float(mod.weight.std()), want)
+    q_fan, q_cfg = (dict(m.named_modules())["model.language_model.layers.0.self_attn.q_proj"] for m in (fan_in, config))
+    assert abs(float(q_cfg.weight.std()) - 0.02) < 0.003  # the checkpoint config's initializer_range
+    assert float(q_fan.weight.std()) > 5 * float(q_cfg.weight.std())
+    w = fan_in.get_input_embeddings().weight
+    assert abs(float(w.std()) - TinyModelConfig().embed_init_std) < 0.01
+    assert fan_in.lm_head.weight.data_ptr() == w.data_ptr()
+    with pytest.raises(ValueError, match="weight_init"):
+        build_tiny(str(tmp_path / "bad"), ModelConfig(tiny=TinyModelConfig(weight_init="xavier")))

@@ -2,6 +2,7 @@
 
 from spark_core.data.loader import SPARK_SUFFIX, DataError, load_rows, strip_suffix
 from spark_core.data.synthetic import (
+    READABLE_TASKS,
     TASKS,
     generate,
     worked_solution,
@@ -12,6 +13,7 @@ from spark_core.data.synthetic import (
 __all__ = [
     "DataError",
     "SPARK_SUFFIX",
+    "READABLE_TASKS",
     "TASKS",
     "generate",
     "load_rows",

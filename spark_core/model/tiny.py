@@ -71,8 +71,16 @@ def build_tiny(out_dir: str, cfg: ModelConfig) -> str:
 
     torch.manual_seed(cfg.tiny.seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_model_config(cfg.tiny))
-    if cfg.tiny.embed_init_std != model.config.text_config.initializer_range:
-        with torch.no_grad():  # tied: this is the LM head too
+    if cfg.tiny.weight_init not in ("fan_in", "config"):
+        raise ValueError(f"model.tiny.weight_init must be 'fan_in' or 'config', got {cfg.tiny.weight_init!r}")
+    with torch.no_grad():
+        if cfg.tiny.weight_init == "fan_in":
+            head = model.get_output_embeddings()
+            for module in model.modules():
+                if isinstance(module, (torch.nn.Linear, torch.nn.Conv3d)) and module is not head:
+                    module.weight.normal_(0.0, module.weight[0].numel() ** -0.5)
+        if cfg.tiny.embed_init_std != model.config.text_config.initializer_range or cfg.tiny.weight_init == "fan_in":
+            # tied: this is the LM head too
             model.get_input_embeddings().weight.normal_(0.0, cfg.tiny.embed_init_std)
     model.generation_config.eos_token_id = [SPECIAL_IDS["<|im_end|>"], SPECIAL_IDS["<|endoftext|>"]]
     model.generation_config.pad_token_id = SPECIAL_IDS["<|endoftext|>"]

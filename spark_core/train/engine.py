@@ -274,6 +274,16 @@ def _plan_steps(n: int, micro: int, ga: int, world: int) -> list[list[list[int]]
     return plan
 
 
+def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
+    """The vision encoder (patch embedding, blocks and merger) of a Qwen2.5-VL model."""
+    inner = getattr(model, "model", model)
+    visual = getattr(inner, "visual", None)
+    if visual is None:
+        raise ValueError(f"{type(model).__name__} has no vision tower (.model.visual); "
+                         "set train.freeze_vision=false for a text-only model")
+    return visual
+
+
 class GRPOTrainer:
     """A DeepSpeed GRPO trainer that stays alive across passes (one per rank).
 
@@ -299,6 +309,8 @@ class GRPOTrainer:
         model = load_model(model_dir, cfg.model, device=self.dist.device, for_training=True, zero3_config=zero3)
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        if cfg.train.freeze_vision:
+            vision_tower(model).requires_grad_(False)
         self.ref = None
         if cfg.train.kl_coef > 0:
             ref_cfg = reference_config(self.ds_config)
