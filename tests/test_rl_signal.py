@@ -30,13 +30,15 @@ def test_rounds_update_the_policy_and_score_the_fixed_label(tiny_dir, tmp_path, 
     seen: list[tuple[list[str], list[str]]] = []
 
     def spy(responses, answers, **kw):
+        # the untrained model never writes \\boxed{7}: alternate the rewards so that every
+        # group is mixed and the update has a signal
         seen.append((list(responses), list(answers)))
-        return score_batch(responses, answers, **kw)
+        return [dict(sc, reward=float(i % 2)) for i, sc in enumerate(score_batch(responses, answers, **kw))]
 
     monkeypatch.setattr("spark_core.reward.score_batch", spy)
     out = rl_signal.rounds_of(cfg, tiny_dir, rows, "7", 1, str(tmp_path))
     assert [r["round"] for r in out] == [0, 1]
-    assert all(0.0 <= r["reward"] <= 1.0 for r in out)
+    assert all(r["reward"] == 0.5 for r in out)
     assert out[0]["kl"] >= 0.0 and "kl" not in out[1]
     assert all(set(answers) == {"7"} for _, answers in seen) and len(seen) == 2
     # the update wrote a checkpoint with changed weights, which round 1 samples from
