@@ -92,6 +92,16 @@ def diff_ci(a: list[float], b: list[float]) -> tuple[float, float, float]:
     return ma - mb, ma - mb - h, ma - mb + h
 
 
+def interval_verdict(d: float, lo: float, hi: float) -> str:
+    """Whether a difference's interval excludes 0; an interval of zero width (every seed
+    of both arms gave the same figure) supports no such claim."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return "-"
+    if hi - lo < 1e-9:
+        return "no spread over seeds"
+    return "yes" if lo > 0 or hi < 0 else "no"
+
+
 # ---- running one arm-seed ---------------------------------------------------------------
 
 
@@ -187,7 +197,7 @@ def report(rows: list[dict], command: str, eval_problems: int) -> str:
         drows = []
         for label, k in METRICS:
             d = diff_ci([r[k] for r in by_arm["spark"]], [r[k] for r in by_arm["policy"]])
-            excl = "-" if not math.isfinite(d[1]) else ("yes" if d[1] > 0 or d[2] < 0 else "no")
+            excl = interval_verdict(*d)
             drows.append([label, _pts(*d), excl])
         parts += ["", "spark minus policy, in points (95% Welch t-interval over the two arms' seeds):", "",
                   _md(["figure", "difference", "interval excludes 0"], drows)]

@@ -100,3 +100,13 @@ def test_report_and_readme_block(tmp_path):
     readme.write_text("no markers")
     with pytest.raises(SystemExit):
         arms.write_readme(block, str(readme))
+
+
+def test_a_difference_without_spread_over_seeds_claims_nothing():
+    # every seed gave the same judge accuracy (a judge that RL did not move)
+    d = arms.diff_ci([0.475, 0.475, 0.475], [0.477, 0.477, 0.477])
+    assert d[1] == pytest.approx(-0.002) and d[2] == pytest.approx(-0.002)
+    assert arms.interval_verdict(*d) == "no spread over seeds"
+    assert arms.interval_verdict(*arms.diff_ci([0.65, 0.66, 0.67], [0.50, 0.51, 0.52])) == "yes"
+    assert arms.interval_verdict(*arms.diff_ci([0.5, 0.6, 0.55], [0.52, 0.5, 0.58])) == "no"
+    assert arms.interval_verdict(*arms.diff_ci([0.5], [0.6])) == "-"
