@@ -71,8 +71,8 @@ def rollout_and_score(cfg, model_dir: str, rows: list[dict], tag: str, seed: int
 def run_one(overrides: dict, epochs: int, arm: str, rl: bool, workdir: str, start: str = "",
             keep: str = "") -> list[dict]:
     from spark_core.config import load_config
-    from spark_core.data import generate
     from spark_core.data.batches import epoch_indices
+    from spark_core.data.synthetic import synthetic_split
     from spark_core.evaluate.judge_set import build_judge_eval_set
     from spark_core.model.tiny import build_tiny
     from spark_core.recycle import recycle
@@ -82,7 +82,6 @@ def run_one(overrides: dict, epochs: int, arm: str, rl: bool, workdir: str, star
     from spark_core.config import trained_passes
 
     cfg = load_config("tiny-cpu", json.dumps(dict(overrides, **{"epochs": epochs, "recycle.arm": arm})))
-    d = cfg.data
     times: dict[str, float] = {}
 
     def timed(name, fn, *a, **k):
@@ -91,10 +90,8 @@ def run_one(overrides: dict, epochs: int, arm: str, rl: bool, workdir: str, star
         times[name] = times.get(name, 0.0) + time.time() - t0
         return out
 
-    train = timed("data", generate, d.synthetic_train, seed=d.seed, image_size=d.image_size,
-                  tasks=d.synthetic_tasks, id_prefix="train")
-    eval_rows = timed("data", generate, d.synthetic_eval, seed=d.seed + 1, image_size=d.image_size, tasks=d.synthetic_tasks,
-                      id_prefix="eval")
+    train = timed("data", synthetic_split, cfg.data, "train")
+    eval_rows = timed("data", synthetic_split, cfg.data, "eval")
     boot = {}
     if not start:
         base = timed("base_model", build_tiny, os.path.join(workdir, "base"), cfg.model)

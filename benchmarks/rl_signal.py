@@ -31,26 +31,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def rounds_of(cfg, start: str, rows: list[dict], label: str | None, rounds: int, workdir: str) -> list[dict]:
     """Reward and update stats per round; `label` replaces every problem's answer."""
-    from spark_core.reward import score_batch
-    from spark_core.rollout.base import SamplingSpec
-    from spark_core.rollout.hf import HFBackend
+    from benchmarks.learning_sweep import rollout_and_score
     from spark_core.train.engine import run_update
 
     rows = [dict(r, answer=label) for r in rows] if label is not None else rows
-    by_id = {r["prompt_id"]: r for r in rows}
-    r = cfg.rollout
     policy, state, out = start, None, []
     for k in range(rounds + 1):
-        spec = SamplingSpec(n=r.n_samples, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
-                            seed=cfg.seed + k)
-        samples = HFBackend(policy, cfg.model).generate(rows, spec, desc=f"rollout[{label or 'verifier'}:{k}]")
-        scores = score_batch([s.response for s in samples], [by_id[s.prompt_id]["answer"] for s in samples],
-                             timeout_s=cfg.reward.timeout_s)
-        row = {"round": k, "reward": sum(s["reward"] for s in scores) / len(scores)}
+        scored = rollout_and_score(cfg, policy, rows, f"{label or 'verifier'}:{k}", cfg.seed + k)
+        row = {"round": k, "reward": sum(s["reward"] for s in scored) / len(scored)}
         if k < rounds:
-            scored = [{"prompt_id": s.prompt_id, "prompt_token_ids": s.prompt_token_ids,
-                       "response_token_ids": s.response_token_ids, "old_logprobs": s.logprobs,
-                       "reward": sc["reward"]} for s, sc in zip(samples, scores)]
             nxt, st = os.path.join(workdir, f"{label}-{k}"), os.path.join(workdir, f"{label}-{k}-state")
             m = run_update(cfg=cfg, model_dir=policy, ref_dir=start, prompts=rows, scored=scored, out_dir=nxt,
                            state_in=state, state_out=st, phase="policy")
@@ -71,13 +60,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from spark_core.config import load_config
-    from spark_core.data import generate
+    from spark_core.data.synthetic import synthetic_split
 
     cfg = load_config("tiny-cpu", json.dumps({"train.lr": a.lr, "epochs": a.rounds, "recycle.arm": "policy",
                                               "rollout.prompts_per_epoch": a.prompts}))
-    d = cfg.data
-    rows = generate(d.synthetic_train, seed=d.seed, image_size=d.image_size, tasks=d.synthetic_tasks,
-                    id_prefix="train")
+    rows = synthetic_split(cfg.data, "train")
     with tempfile.TemporaryDirectory(prefix="spark-rl-signal-") as wd:
         start = a.start
         if not start:

@@ -47,24 +47,25 @@ def fetch_local(path: str) -> str:
 @task(cache=Cache(version=CACHE_VERSIONS["data"]), container_image=light_image, resources=LIGHT)
 def prepare_data(config_json: str) -> PreparedData:
     from spark_core import schemas
-    from spark_core.data import generate, load_rows
+    from spark_core.data import load_rows
+    from spark_core.data.synthetic import synthetic_split
     from spark_core.data.loader import DataError
 
     cfg = cfg_of(config_json)
     d = cfg.data
     quarantine: list[dict] = []
 
-    def load(path: str, synthetic_n: int, seed: int, prefix: str) -> list[dict]:
+    def load(path: str, split: str) -> list[dict]:
         if not path:
-            return generate(synthetic_n, seed=seed, image_size=d.image_size, tasks=d.synthetic_tasks, id_prefix=prefix)
+            return synthetic_split(d, split)
         rows, bad = load_rows(fetch_local(path), max_pixels=cfg.model.max_pixels)
         for b in bad:
             b["reason"] = f"[{path}] {b['reason']}"
         quarantine.extend(bad)
         return rows
 
-    train = load(d.train_path, d.synthetic_train, d.seed, "train")
-    evalset = load(d.eval_path, d.synthetic_eval, d.seed + 1, "eval")
+    train = load(d.train_path, "train")
+    evalset = load(d.eval_path, "eval")
     if quarantine:
         log.warning("quarantined %d invalid rows (see the quarantine artifact)", len(quarantine))
     if not train:

@@ -219,3 +219,17 @@ def test_write_benchmark_dataset(tmp_path):
     for d, r in zip(data, rows):
         assert os.path.isabs(d["image_path"])
         assert open(d["image_path"], "rb").read() == r["image"]
+
+
+def test_synthetic_split_is_the_configured_train_and_eval_set():
+    from spark_core.config import DataConfig
+    from spark_core.data.synthetic import synthetic_split
+
+    d = DataConfig(synthetic_train=7, synthetic_eval=4, seed=99, image_size=48, synthetic_tasks=("count_dots",))
+    train, evalset = synthetic_split(d, "train"), synthetic_split(d, "eval")
+    assert train == generate(7, seed=99, image_size=48, tasks=("count_dots",), id_prefix="train")
+    assert evalset == generate(4, seed=100, image_size=48, tasks=("count_dots",), id_prefix="eval")
+    # the two splits share no picture
+    assert not {r["image"] for r in train} & {r["image"] for r in evalset}
+    with pytest.raises(ValueError, match="split"):
+        synthetic_split(d, "test")

@@ -390,3 +390,15 @@ def write_benchmark_dataset(
     with open(out, "w", encoding="utf-8") as f:
         json.dump(records, f, ensure_ascii=False, indent=1)
     return out
+
+
+SPLITS = {"train": 0, "eval": 1}  # seed offset of each split from data.seed
+
+
+def synthetic_split(d, split: str) -> list[dict[str, Any]]:
+    """The synthetic train or eval set a DataConfig `d` describes (the one place that
+    says how the splits differ: eval uses data.seed + 1 and ids "eval-...")."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+    n = d.synthetic_train if split == "train" else d.synthetic_eval
+    return generate(n, seed=d.seed + SPLITS[split], image_size=d.image_size, tasks=d.synthetic_tasks, id_prefix=split)

@@ -79,9 +79,8 @@ def build_tiny(out_dir: str, cfg: ModelConfig) -> str:
             for module in model.modules():
                 if isinstance(module, (torch.nn.Linear, torch.nn.Conv3d)) and module is not head:
                     module.weight.normal_(0.0, module.weight[0].numel() ** -0.5)
-        if cfg.tiny.embed_init_std != model.config.text_config.initializer_range or cfg.tiny.weight_init == "fan_in":
-            # tied: this is the LM head too
-            model.get_input_embeddings().weight.normal_(0.0, cfg.tiny.embed_init_std)
+        # tied: this is the LM head too (skipped above, as its fan-in is the hidden size)
+        model.get_input_embeddings().weight.normal_(0.0, cfg.tiny.embed_init_std)
     model.generation_config.eos_token_id = [SPECIAL_IDS["<|im_end|>"], SPECIAL_IDS["<|endoftext|>"]]
     model.generation_config.pad_token_id = SPECIAL_IDS["<|endoftext|>"]
     tokenizer = build_qwen_tokenizer()

@@ -46,7 +46,7 @@ def bootstrap_examples(rows: list[dict], cfg: SparkConfig, n: int, seed: int) ->
     return ex
 
 
-def _encode(processor, row: dict, target: str) -> tuple[list[int], list[int]]:
+def encode_example(processor, row: dict, target: str) -> tuple[list[int], list[int]]:
     img = decode_image(row)
     kwargs = {"text": [render_prompt(processor, row)], "return_tensors": "pt"}
     if img is not None:
@@ -56,6 +56,18 @@ def _encode(processor, row: dict, target: str) -> tuple[list[int], list[int]]:
     return prompt_ids, target_ids
 
 
+def sft_step(model, processor, chunk: list[tuple[dict, list[int], list[int]]], opt) -> float:
+    """One supervised step on (row, prompt ids, target ids) examples: the mean
+    log-likelihood of the target tokens, gradient norm clipped at 1. Returns the loss."""
+    batch = build_batch(processor, [c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk])
+    loss = -masked_mean(response_logprobs(model, batch), batch.response_mask)
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return loss.item()
+
+
 def run_bootstrap(cfg: SparkConfig, model_dir: str, rows: list[dict], out_dir: str) -> dict:
     t0 = time.time()
     b = cfg.bootstrap
@@ -63,22 +75,14 @@ def run_bootstrap(cfg: SparkConfig, model_dir: str, rows: list[dict], out_dir: s
     processor = load_processor(model_dir, cfg.model)
     model = load_model(model_dir, cfg.model, for_training=True)
     examples = bootstrap_examples(rows, cfg, b.steps * b.batch_size, cfg.seed)
-    encoded = [(row, *_encode(processor, row, tgt)) for row, tgt in tqdm(examples, desc="bootstrap:encode")]
+    encoded = [(row, *encode_example(processor, row, tgt)) for row, tgt in tqdm(examples, desc="bootstrap:encode")]
     opt = torch.optim.AdamW(model.parameters(), lr=b.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / b.steps))
     losses = []
     bar = tqdm(range(b.steps), desc="bootstrap:sft")
     for step in bar:
-        chunk = encoded[step * b.batch_size : (step + 1) * b.batch_size]
-        batch = build_batch(processor, [c[0] for c in chunk], [c[1] for c in chunk], [c[2] for c in chunk])
-        logp = response_logprobs(model, batch)
-        loss = -masked_mean(logp, batch.response_mask)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        losses.append(sft_step(model, processor, encoded[step * b.batch_size : (step + 1) * b.batch_size], opt))
         sched.step()
-        losses.append(loss.item())
         if step % 10 == 0:
             bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
     model.eval()
