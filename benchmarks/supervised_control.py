@@ -1,7 +1,7 @@
 """How much held-out accuracy can N training problems buy? A supervised upper reference.
 
     python benchmarks/supervised_control.py [--start CHECKPOINT] [--lr 1e-4 5e-4] \\
-        [--prompts 64 256 1024]
+        [--prompts 64 256 1024 2048]
 
 Continues the warm-started model with supervised steps on the training problems the
 RL epochs would draw (in the same order), with their TRUE answers as targets, and
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--start", default="", help="a warm-started checkpoint (default: warm-start the tiny default)")
     ap.add_argument("--lr", type=float, nargs="+", default=[1e-4, 5e-4])
-    ap.add_argument("--prompts", type=int, nargs="+", default=[64, 256, 1024])
+    ap.add_argument("--prompts", type=int, nargs="+", default=[64, 256, 1024, 2048])
     a = ap.parse_args(argv)
 
     from benchmarks.learning_sweep import evaluate

@@ -36,7 +36,6 @@ class TinyModelConfig:
     vision_hidden_size: int = 128
     vision_intermediate_size: int = 256
     vision_num_heads: int = 4
-    vision_out_hidden_size: int = 64
     # std of the tied embedding/LM head rows. Qwen's 0.02 leaves a hidden-64 model's
     # logits nearly flat, and the warm start then spends its first ~60 steps growing
     # them; a larger start lets it emit its answer tokens within a few steps.

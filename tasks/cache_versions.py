@@ -46,18 +46,20 @@ import sys
 # +1 (all stages): all of the above together
 # +1 (all stages): colour-amount synthetic tasks (data.synthetic_tasks), fan-in init of the tiny model,
 # warm-start lr 1e-3, RL lr 5e-5, train.freeze_vision
+# +1 (all stages): synthetic_split, one embedding-init rule, sft_step; the unused
+# model.tiny.vision_out_hidden_size is gone (the vision merger's width is the text width)
 CACHE_VERSIONS = {
-    "data": "8",  # 4: ViRL39K forms in the loader
-    "base_model": "8",  # 4: vision ids in responses (log-prob pass)
-    "bootstrap": "9",  # 5: loader and log-prob changes
-    "judge_eval_set": "11",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: explicit sampling knobs; 9: wrong answers verified
-    "select_prompts": "8",  # 4: ViRL39K forms in the loader
-    "rollout": "8",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
-    "reward": "8",
-    "recycle": "9",
-    "update": "11",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: issue 9 trainer; 7: GRPOTrainer; 9: full_weights context
-    "evaluate": "9",  # 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
-    "segment": "8",  # 6: its own image with vLLM and DeepSpeed; 5: HF colocated engine gathers ZeRO-3 weights while it generates
+    "data": "9",  # 4: ViRL39K forms in the loader
+    "base_model": "9",  # 4: vision ids in responses (log-prob pass)
+    "bootstrap": "10",  # 5: loader and log-prob changes
+    "judge_eval_set": "12",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: explicit sampling knobs; 9: wrong answers verified
+    "select_prompts": "9",  # 4: ViRL39K forms in the loader
+    "rollout": "9",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
+    "reward": "9",
+    "recycle": "10",
+    "update": "12",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: issue 9 trainer; 7: GRPOTrainer; 9: full_weights context
+    "evaluate": "10",  # 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
+    "segment": "9",  # 6: its own image with vLLM and DeepSpeed; 5: HF colocated engine gathers ZeRO-3 weights while it generates
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
