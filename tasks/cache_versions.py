@@ -47,7 +47,7 @@ import sys
 # +1 (all stages): colour-amount synthetic tasks (data.synthetic_tasks), fan-in init of the tiny model,
 # warm-start lr 1e-3, RL lr 5e-5, train.freeze_vision
 # +1 (all stages): synthetic_split, one embedding-init rule, sft_step; the unused
-# model.tiny.vision_out_hidden_size is gone (the vision merger's width is the text width)
+# model.tiny.vision_out_hidden_size is gone (the vision merger's width is the text width); judge_draws
 CACHE_VERSIONS = {
     "data": "9",  # 4: ViRL39K forms in the loader
     "base_model": "9",  # 4: vision ids in responses (log-prob pass)

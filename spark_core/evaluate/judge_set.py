@@ -41,10 +41,11 @@ def verified_wrong(rows: list[dict], wrong_answers: dict[str, list[str]], timeou
     return out
 
 
-def balanced_judge_prompts(rows: list[dict], wrong_answers: dict[str, list[str]], seed: int,
-                           timeout_s: float = 5.0) -> list[dict]:
-    """Three judge prompts per row; every wrong answer shown is checked by the verifier
-    (a rollout's wrong answer where one survives the check, else a verified near miss)."""
+def judge_draws(rows: list[dict], wrong_answers: dict[str, list[str]], seed: int,
+                timeout_s: float = 5.0) -> list[dict]:
+    """What each row's three judge prompts show: the truth, one verified wrong answer (a
+    rollout's where one survives the check, else a verified near miss) and its origin,
+    the templates, and whether the pair shows the truth first. Seeded by `seed` alone."""
     rng = random.Random(stable_seed("judge-eval", seed))
     pools = verified_wrong(rows, wrong_answers, timeout_s)
     need = [r for r in rows if not pools.get(r["prompt_id"])]
@@ -53,29 +54,41 @@ def balanced_judge_prompts(rows: list[dict], wrong_answers: dict[str, list[str]]
                                             random.Random(stable_seed("judge-eval-wrong", seed)), timeout_s=timeout_s)))
     out = []
     for r in rows:
-        truth = str(r["answer"]).strip()
         pool = pools.get(r["prompt_id"])
         wrong, origin = (rng.choice(pool), "rollout") if pool else (synthetic[r["prompt_id"]], "synthetic")
+        out.append({"row": r, "truth": str(r["answer"]).strip(), "wrong": wrong, "origin": origin,
+                    "t_right": rng.choice(POINTWISE), "t_wrong": rng.choice(POINTWISE), "t_pair": rng.choice(PAIRWISE),
+                    "truth_first": rng.random() < 0.5})
+    return out
+
+
+def balanced_judge_prompts(rows: list[dict], wrong_answers: dict[str, list[str]], seed: int,
+                           timeout_s: float = 5.0) -> list[dict]:
+    """Three judge prompts per row (see `judge_draws`): pointwise on the truth, pointwise
+    on the wrong answer, pairwise between them."""
+    out = []
+    for d in judge_draws(rows, wrong_answers, seed, timeout_s):
+        r, truth, wrong = d["row"], d["truth"], d["wrong"]
         q = r.get("question") or ""
 
         def row(kind: str, tid: str, text: str, label: str, n: int) -> dict:
             return {"prompt_id": f"{r['prompt_id']}/judge-eval-{n}", "kind": kind,
                     "message": schemas.message_json(text, has_image=r.get("image") is not None),
                     "question": text, "answer": label, "image": r.get("image"), "source": r.get("source") or "",
-                    "template_id": tid, "source_prompt_id": r["prompt_id"], "source_rollout_id": origin}
+                    "template_id": tid, "source_prompt_id": r["prompt_id"], "source_rollout_id": d["origin"]}
 
-        t = rng.choice(POINTWISE)
+        t = d["t_right"]
         out.append(row(schemas.KIND_POINTWISE, t.id, t.fill(question=q, answer=truth), t.correct_label, 0))
-        t = rng.choice(POINTWISE)
+        t = d["t_wrong"]
         out.append(row(schemas.KIND_POINTWISE, t.id, t.fill(question=q, answer=wrong), t.wrong_label, 1))
-        t = rng.choice(PAIRWISE)
-        a, b, label = (truth, wrong, "A") if rng.random() < 0.5 else (wrong, truth, "B")
+        t = d["t_pair"]
+        a, b, label = (truth, wrong, "A") if d["truth_first"] else (wrong, truth, "B")
         out.append(row(schemas.KIND_PAIRWISE, t.id, t.fill(question=q, answer_a=a, answer_b=b), label, 2))
     return out
 
 
-def build_judge_eval_set(cfg: SparkConfig, model_dir: str, eval_rows: list[dict]) -> list[dict]:
-    rows = eval_rows[: cfg.eval.judge_samples]
+def starting_wrong_answers(cfg: SparkConfig, model_dir: str, rows: list[dict]) -> dict[str, list[str]]:
+    """The wrong final answers among JUDGE_EVAL_SAMPLES rollouts of each row, per prompt id."""
     backend = HFBackend(model_dir, cfg.model)
     spec = SamplingSpec(n=JUDGE_EVAL_SAMPLES, temperature=1.0, max_new_tokens=cfg.rollout.max_new_tokens,
                         seed=cfg.seed + 7)
@@ -87,4 +100,10 @@ def build_judge_eval_set(cfg: SparkConfig, model_dir: str, eval_rows: list[dict]
     for s, sc in zip(samples, scores):
         if sc["reward"] < 0.5 and sc["status"] == "wrong" and sc["extracted"]:
             wrong.setdefault(s.prompt_id, []).append(sc["extracted"].strip())
-    return balanced_judge_prompts(rows, wrong, cfg.seed, timeout_s=cfg.reward.timeout_s)
+    return wrong
+
+
+def build_judge_eval_set(cfg: SparkConfig, model_dir: str, eval_rows: list[dict]) -> list[dict]:
+    rows = eval_rows[: cfg.eval.judge_samples]
+    return balanced_judge_prompts(rows, starting_wrong_answers(cfg, model_dir, rows), cfg.seed,
+                                  timeout_s=cfg.reward.timeout_s)

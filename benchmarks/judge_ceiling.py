@@ -1,0 +1,115 @@
+"""Could the model judge better with what it already knows? A judge built on its own answers.
+
+    python benchmarks/judge_ceiling.py [--start CHECKPOINT]
+
+For the held-out judge set (the same problems, wrong answers and labels as the run's
+judge evaluation), compares the model's judge verdicts with two judges that only use
+the model as a solver:
+
+- pointwise, self-consistent: "correct" exactly when the shown answer is the model's own
+  greedy answer to the problem;
+- pairwise, by likelihood: picks the answer the model is likelier to write as its
+  boxed answer to the problem.
+
+Their combined accuracy, weighted as the run's judge accuracy is (two pointwise prompts
+and one pairwise per problem), is what the model would score as a judge if judging
+used its solving; the gap to its judge accuracy is what judge training (the recycled
+pointwise/pairwise prompts) can win without the model solving any better.
+
+Without --start it warm-starts the tiny default first (a few minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+
+
+def answer_logprob(model, processor, row: dict, answers: list[str]) -> list[float]:
+    """log p(\\boxed{answer}<|im_end|> | the problem's solve prompt), per answer."""
+    import torch
+
+    from spark_core.model.logprobs import build_batch, response_logprobs
+    from spark_core.train.sft import encode_example
+
+    enc = [encode_example(processor, row, f"\\boxed{{{a}}}") for a in answers]
+    batch = build_batch(processor, [row] * len(answers), [e[0] for e in enc], [e[1] for e in enc])
+    with torch.no_grad():
+        lp = response_logprobs(model, batch)
+    return (lp * batch.response_mask).sum(-1).tolist()
+
+
+def ceiling(cfg, model_dir: str, eval_rows: list[dict]) -> dict:
+    from benchmarks.learning_sweep import evaluate
+    from spark_core.evaluate.core import greedy_results
+    from spark_core.evaluate.judge_set import balanced_judge_prompts, judge_draws, starting_wrong_answers
+    from spark_core.model.loading import load_model, load_processor
+    from spark_core.rollout.hf import HFBackend
+
+    rows = eval_rows[: cfg.eval.judge_samples]
+    wrong = starting_wrong_answers(cfg, model_dir, rows)
+    draws = judge_draws(rows, wrong, cfg.seed, cfg.reward.timeout_s)
+    judged = evaluate(cfg, model_dir, rows, balanced_judge_prompts(rows, wrong, cfg.seed, cfg.reward.timeout_s))
+    solved = greedy_results(HFBackend(model_dir, cfg.model), rows, cfg.eval.max_new_tokens, "single",
+                            cfg.reward.timeout_s, desc="ceiling:solve")
+    own = {r["prompt_id"]: (s.get("extracted") or "").strip() for r, s in zip(rows, solved)}
+    own_right = {r["prompt_id"]: bool(s["correct"]) for r, s in zip(rows, solved)}
+    processor, model = load_processor(model_dir, cfg.model), load_model(model_dir, cfg.model)
+    model.eval()
+    pointwise = pairwise = 0
+    for d in draws:
+        pid = d["row"]["prompt_id"]
+        # "correct" on the truth when its own answer is right (by the verifier); "wrong" on
+        # the wrong answer unless that is literally what it answers itself
+        pointwise += own_right[pid] + (own[pid] != d["wrong"])
+        lp_truth, lp_wrong = answer_logprob(model, processor, d["row"], [d["truth"], d["wrong"]])
+        pairwise += lp_truth > lp_wrong
+    n = len(draws)
+    out = {"problems": n, "solve_accuracy": sum(bool(s["correct"]) for s in solved) / n,
+           "ceiling_pointwise": pointwise / (2 * n), "ceiling_pairwise": pairwise / n,
+           "judge_pointwise": judged["judge_accuracy/pointwise"], "judge_pairwise": judged["judge_accuracy/pairwise"],
+           "judge_accuracy": judged["judge_accuracy"],
+           "rollout_wrong_share": sum(d["origin"] == "rollout" for d in draws) / n}
+    out["ceiling_judge_accuracy"] = (2 * out["ceiling_pointwise"] + out["ceiling_pairwise"]) / 3
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--start", default="", help="a checkpoint (default: warm-start the tiny default)")
+    a = ap.parse_args(argv)
+
+    from spark_core.config import load_config
+    from spark_core.data.synthetic import synthetic_split
+
+    cfg = load_config("tiny-cpu", "{}")
+    with tempfile.TemporaryDirectory(prefix="spark-judge-ceiling-") as wd:
+        start = a.start
+        if not start:
+            from spark_core.model.tiny import build_tiny
+            from spark_core.train.sft import run_bootstrap
+
+            start = os.path.join(wd, "start")
+            run_bootstrap(cfg, build_tiny(os.path.join(wd, "base"), cfg.model), synthetic_split(cfg.data, "train"),
+                          start)
+        m = ceiling(cfg, start, synthetic_split(cfg.data, "eval"))
+    print(json.dumps(m))
+    print(f"\nHeld-out judge set: {m['problems']} problems x (2 pointwise + 1 pairwise); the model solves "
+          f"{m['solve_accuracy']:.3f} of them (greedy); {m['rollout_wrong_share']:.0%} of the wrong answers shown "
+          f"are its own sampled ones.\n")
+    print("| judge | pointwise | pairwise | judge acc |")
+    print("|---|---|---|---|")
+    print(f"| the model's verdicts | {m['judge_pointwise']:.3f} | {m['judge_pairwise']:.3f} | {m['judge_accuracy']:.3f} |")
+    print(f"| built on its own answers | {m['ceiling_pointwise']:.3f} | {m['ceiling_pairwise']:.3f} | "
+          f"{m['ceiling_judge_accuracy']:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
