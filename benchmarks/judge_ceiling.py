@@ -46,18 +46,17 @@ def answer_logprob(model, processor, row: dict, answers: list[str]) -> list[floa
 
 
 def ceiling(cfg, model_dir: str, eval_rows: list[dict]) -> dict:
-    from benchmarks.learning_sweep import evaluate
-    from spark_core.evaluate.core import greedy_results
-    from spark_core.evaluate.judge_set import balanced_judge_prompts, judge_draws, starting_wrong_answers
+    from spark_core.evaluate.core import greedy_results, summarize
+    from spark_core.evaluate.judge_set import judge_draws, judge_prompts, starting_wrong_answers
     from spark_core.model.loading import load_model, load_processor
     from spark_core.rollout.hf import HFBackend
 
     rows = eval_rows[: cfg.eval.judge_samples]
-    wrong = starting_wrong_answers(cfg, model_dir, rows)
-    draws = judge_draws(rows, wrong, cfg.seed, cfg.reward.timeout_s)
-    judged = evaluate(cfg, model_dir, rows, balanced_judge_prompts(rows, wrong, cfg.seed, cfg.reward.timeout_s))
-    solved = greedy_results(HFBackend(model_dir, cfg.model), rows, cfg.eval.max_new_tokens, "single",
-                            cfg.reward.timeout_s, desc="ceiling:solve")
+    draws = judge_draws(rows, starting_wrong_answers(cfg, model_dir, rows), cfg.seed, cfg.reward.timeout_s)
+    backend = HFBackend(model_dir, cfg.model)
+    solved = greedy_results(backend, rows, cfg.eval.max_new_tokens, "single", cfg.reward.timeout_s, desc="eval:solve")
+    judged = summarize(solved, greedy_results(backend, judge_prompts(draws), cfg.eval.max_new_tokens, "judge",
+                                              cfg.reward.timeout_s, desc="eval:judge"))
     own = {r["prompt_id"]: (s.get("extracted") or "").strip() for r, s in zip(rows, solved)}
     own_right = {r["prompt_id"]: bool(s["correct"]) for r, s in zip(rows, solved)}
     processor, model = load_processor(model_dir, cfg.model), load_model(model_dir, cfg.model)
@@ -85,19 +84,13 @@ def main(argv=None) -> int:
     ap.add_argument("--start", default="", help="a checkpoint (default: warm-start the tiny default)")
     a = ap.parse_args(argv)
 
+    from benchmarks.learning_sweep import warm_start
     from spark_core.config import load_config
     from spark_core.data.synthetic import synthetic_split
 
     cfg = load_config("tiny-cpu", "{}")
     with tempfile.TemporaryDirectory(prefix="spark-judge-ceiling-") as wd:
-        start = a.start
-        if not start:
-            from spark_core.model.tiny import build_tiny
-            from spark_core.train.sft import run_bootstrap
-
-            start = os.path.join(wd, "start")
-            run_bootstrap(cfg, build_tiny(os.path.join(wd, "base"), cfg.model), synthetic_split(cfg.data, "train"),
-                          start)
+        start = a.start or warm_start(cfg, synthetic_split(cfg.data, "train"), wd)
         m = ceiling(cfg, start, synthetic_split(cfg.data, "eval"))
     print(json.dumps(m))
     print(f"\nHeld-out judge set: {m['problems']} problems x (2 pointwise + 1 pairwise); the model solves "

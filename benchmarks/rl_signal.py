@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     ap.add_argument("--label", default="2", help="the fixed answer of the second reward")
     a = ap.parse_args(argv)
 
+    from benchmarks.learning_sweep import warm_start
     from spark_core.config import load_config
     from spark_core.data.synthetic import synthetic_split
 
@@ -66,14 +67,7 @@ def main(argv=None) -> int:
                                               "rollout.prompts_per_epoch": a.prompts}))
     rows = synthetic_split(cfg.data, "train")
     with tempfile.TemporaryDirectory(prefix="spark-rl-signal-") as wd:
-        start = a.start
-        if not start:
-            from spark_core.model.tiny import build_tiny
-            from spark_core.train.sft import run_bootstrap
-
-            base = build_tiny(os.path.join(wd, "base"), cfg.model)
-            start = os.path.join(wd, "start")
-            run_bootstrap(cfg, base, rows, start)
+        start = a.start or warm_start(cfg, rows, wd)
         fixed = rows[: a.prompts]
         verifier = rounds_of(cfg, start, fixed, None, a.rounds, wd)
         preference = rounds_of(cfg, start, fixed, a.label, a.rounds, wd)

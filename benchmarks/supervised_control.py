@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, nargs="+", default=[64, 256, 1024, 2048])
     a = ap.parse_args(argv)
 
-    from benchmarks.learning_sweep import evaluate
+    from benchmarks.learning_sweep import evaluate, warm_start
     from spark_core.config import load_config
     from spark_core.data.batches import epoch_indices
     from spark_core.data.synthetic import synthetic_split
@@ -83,13 +83,7 @@ def main(argv=None) -> int:
     # the problems RL epochs 0, 1, 2, ... draw, in that order
     order = [train[i] for i in epoch_indices(len(train), 0, max(a.prompts), cfg.seed)]
     with tempfile.TemporaryDirectory(prefix="spark-supervised-control-") as wd:
-        start = a.start
-        if not start:
-            from spark_core.model.tiny import build_tiny
-            from spark_core.train.sft import run_bootstrap
-
-            start = os.path.join(wd, "start")
-            run_bootstrap(cfg, build_tiny(os.path.join(wd, "base"), cfg.model), train, start)
+        start = a.start or warm_start(cfg, train, wd)
         base = evaluate(cfg, start, eval_rows, [])["accuracy"]
         results = [r for lr in a.lr for r in control(cfg, start, order, eval_rows, lr, a.prompts, wd)]
     print(f"\nSupervised steps (batch {BATCH}, true answers) on the problems RL would draw; greedy accuracy "

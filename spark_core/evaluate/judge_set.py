@@ -64,10 +64,15 @@ def judge_draws(rows: list[dict], wrong_answers: dict[str, list[str]], seed: int
 
 def balanced_judge_prompts(rows: list[dict], wrong_answers: dict[str, list[str]], seed: int,
                            timeout_s: float = 5.0) -> list[dict]:
-    """Three judge prompts per row (see `judge_draws`): pointwise on the truth, pointwise
-    on the wrong answer, pairwise between them."""
+    """Three judge prompts per row: see `judge_draws` and `judge_prompts`."""
+    return judge_prompts(judge_draws(rows, wrong_answers, seed, timeout_s))
+
+
+def judge_prompts(draws: list[dict]) -> list[dict]:
+    """The prompts `judge_draws` describes, three per row: pointwise on the truth,
+    pointwise on the wrong answer, pairwise between them."""
     out = []
-    for d in judge_draws(rows, wrong_answers, seed, timeout_s):
+    for d in draws:
         r, truth, wrong = d["row"], d["truth"], d["wrong"]
         q = r.get("question") or ""
 

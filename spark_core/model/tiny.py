@@ -36,7 +36,7 @@ def tiny_model_config(t: TinyModelConfig):
         hidden_size=t.vision_hidden_size,
         intermediate_size=t.vision_intermediate_size,
         num_heads=t.vision_num_heads,
-        out_hidden_size=t.hidden_size,  # the merger feeds the language model, so its width
+        out_hidden_size=t.hidden_size,  # the merger feeds the language model: same width
         patch_size=14,
         spatial_merge_size=2,
         temporal_patch_size=2,
