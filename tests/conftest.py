@@ -3,12 +3,23 @@ environment isolation (no Flyte local cache, MLflow in a temp SQLite file)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
 os.environ.setdefault("FLYTE_LOCAL_CACHE_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# Local Flyte runs keep their outputs where the tasks wrote them (flytekit's sandboxes and
+# each update's optimizer state under the temp dir), so a test session would leave
+# several GB in /tmp. Everything goes under one directory, removed when the session ends.
+if "SPARK_TEST_TMP" not in os.environ:
+    _tmp = tempfile.mkdtemp(prefix="spark-tests-")
+    os.environ["SPARK_TEST_TMP"] = os.environ["TMPDIR"] = tempfile.tempdir = _tmp
+    atexit.register(shutil.rmtree, _tmp, True)
 
 
 @pytest.fixture(scope="session")
