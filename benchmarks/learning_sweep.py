@@ -68,13 +68,14 @@ def rollout_and_score(cfg, model_dir: str, rows: list[dict], tag: str, seed: int
     ]
 
 
-def warm_start(cfg, train_rows: list[dict], workdir: str) -> str:
-    """Build the tiny base model and warm-start it as the run does; the checkpoint's path."""
+def warm_start(cfg, train_rows: list[dict], workdir: str, optimizer_out: str = "") -> str:
+    """Build the tiny base model and warm-start it as the run does; the checkpoint's path
+    (`optimizer_out`: also save the warm start's AdamW state there)."""
     from spark_core.model.tiny import build_tiny
     from spark_core.train.sft import run_bootstrap
 
     start = os.path.join(workdir, "start")
-    run_bootstrap(cfg, build_tiny(os.path.join(workdir, "base"), cfg.model), train_rows, start)
+    run_bootstrap(cfg, build_tiny(os.path.join(workdir, "base"), cfg.model), train_rows, start, optimizer_out)
     return start
 
 

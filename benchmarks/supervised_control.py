@@ -1,7 +1,7 @@
 """How much held-out accuracy can N training problems buy? A supervised upper reference.
 
-    python benchmarks/supervised_control.py [--start CHECKPOINT] [--lr 1e-4 5e-4] \\
-        [--prompts 64 256 1024 2048]
+    python benchmarks/supervised_control.py [--start CHECKPOINT | --carry] [--lr 1e-4 5e-4] \\
+        [--prompts 64 256 1024 2048] [--noise 1e-4 1e-3]
 
 Continues the warm-started model with supervised steps on the training problems the
 RL epochs would draw (in the same order), with their TRUE answers as targets, and
@@ -10,7 +10,11 @@ problems with a 0/1 reward on G samples instead of the answer, so it learns at m
 this much from them: when N labelled problems do not raise held-out accuracy by 10
 points, N problems of RL will not either. Steps use the trainer's optimizer settings
 (AdamW with `train.adam_betas`, gradient norm clipped at 1, constant lr, a fresh
-optimizer state as every RL run starts with) and batches of 32.
+optimizer state as every RL run starts with) and batches of 32. `--carry` continues the
+warm start's own AdamW state instead (moments, step count and betas), so the first
+steps are not those of a fresh optimizer. `--noise` adds a control that takes no step:
+held-out accuracy after adding N(0, sigma^2) to every weight (two draws each), which
+tells a model on a knife edge from one that only moves when pushed in a direction.
 
 Without --start it warm-starts the tiny default first (a few minutes on 2 cores).
 """
@@ -30,8 +34,9 @@ BATCH = 32
 
 
 def control(cfg, start: str, train_rows: list[dict], eval_rows: list[dict], lr: float, counts: list[int],
-            workdir: str, batch: int = BATCH) -> list[dict]:
-    """Held-out accuracy after supervised steps on the first n of `train_rows`, n in `counts`."""
+            workdir: str, batch: int = BATCH, optimizer_state: str = "") -> list[dict]:
+    """Held-out accuracy after supervised steps on the first n of `train_rows`, n in `counts`;
+    `optimizer_state`: a saved AdamW state to continue (default: a fresh one)."""
     import torch
 
     from benchmarks.learning_sweep import evaluate
@@ -45,6 +50,10 @@ def control(cfg, start: str, train_rows: list[dict], eval_rows: list[dict], lr: 
     processor = load_processor(start, cfg.model)
     model = load_model(start, cfg.model, for_training=True)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(cfg.train.adam_betas), weight_decay=0.0)
+    if optimizer_state:
+        opt.load_state_dict(torch.load(optimizer_state))
+        for g in opt.param_groups:
+            g["lr"] = lr
     brief = cfg.bootstrap.brief_targets
     done, losses, out = 0, [], []
     for n in sorted(set(counts)):
@@ -53,15 +62,35 @@ def control(cfg, start: str, train_rows: list[dict], eval_rows: list[dict], lr: 
             chunk = [(r, *encode_example(processor, r, worked_solution(r, brief=brief))) for r in rows]
             losses.append(sft_step(model, processor, chunk, opt))
             done += len(rows)
-        ckpt = os.path.join(workdir, f"lr{lr:g}-n{n}")
+        ckpt = os.path.join(workdir, f"lr{lr:g}-n{n}" + ("-carried" if optimizer_state else ""))
         model.eval()
         save_checkpoint(model, processor, ckpt)
         model.train()
         acc = evaluate(cfg, ckpt, eval_rows, [])["accuracy"] if n else float("nan")
-        out.append({"lr": lr, "prompts": n, "steps": len(losses), "accuracy": acc,
+        out.append({"lr": lr, "optimizer": "warm start's" if optimizer_state else "fresh", "prompts": n,
+                    "steps": len(losses), "accuracy": acc,
                     "loss_first": losses[0] if losses else float("nan"),
                     "loss_last": losses[-1] if losses else float("nan")})
         print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+def perturbed(cfg, start: str, eval_rows: list[dict], sigma: float, seed: int, workdir: str) -> dict:
+    """Held-out accuracy of the start with N(0, sigma^2) added to every weight."""
+    import torch
+
+    from benchmarks.learning_sweep import evaluate
+    from spark_core.model.loading import load_model, load_processor, save_checkpoint
+
+    model = load_model(start, cfg.model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * sigma)
+    ckpt = os.path.join(workdir, f"noise{sigma:g}-{seed}")
+    save_checkpoint(model, load_processor(start, cfg.model), ckpt)
+    out = {"sigma": sigma, "seed": seed, "accuracy": evaluate(cfg, ckpt, eval_rows, [])["accuracy"]}
+    print(json.dumps(out), flush=True)
     return out
 
 
@@ -70,7 +99,13 @@ def main(argv=None) -> int:
     ap.add_argument("--start", default="", help="a warm-started checkpoint (default: warm-start the tiny default)")
     ap.add_argument("--lr", type=float, nargs="+", default=[1e-4, 5e-4])
     ap.add_argument("--prompts", type=int, nargs="+", default=[64, 256, 1024, 2048])
+    ap.add_argument("--carry", action="store_true",
+                    help="continue the warm start's AdamW state (warm-starts here; not with --start)")
+    ap.add_argument("--noise", type=float, nargs="*", default=[],
+                    help="also score the start with N(0, sigma^2) added to every weight, for each sigma")
     a = ap.parse_args(argv)
+    if a.carry and a.start:
+        ap.error("--carry needs the warm start's optimizer state: leave out --start")
 
     from benchmarks.learning_sweep import evaluate, warm_start
     from spark_core.config import load_config
@@ -83,15 +118,25 @@ def main(argv=None) -> int:
     # the problems RL epochs 0, 1, 2, ... draw, in that order
     order = [train[i] for i in epoch_indices(len(train), 0, max(a.prompts), cfg.seed)]
     with tempfile.TemporaryDirectory(prefix="spark-supervised-control-") as wd:
-        start = a.start or warm_start(cfg, train, wd)
+        state = os.path.join(wd, "warm_start_optimizer.pt") if a.carry else ""
+        start = a.start or warm_start(cfg, train, wd, optimizer_out=state)
         base = evaluate(cfg, start, eval_rows, [])["accuracy"]
-        results = [r for lr in a.lr for r in control(cfg, start, order, eval_rows, lr, a.prompts, wd)]
+        results = [r for lr in a.lr for r in control(cfg, start, order, eval_rows, lr, a.prompts, wd,
+                                                     optimizer_state=state)]
+        noise = [perturbed(cfg, start, eval_rows, sigma, seed, wd) for sigma in a.noise for seed in (0, 1)]
     print(f"\nSupervised steps (batch {BATCH}, true answers) on the problems RL would draw; greedy accuracy "
           f"on {len(eval_rows)} held-out problems. Starting model: {base:.3f}.\n")
-    print("| lr | problems | steps | held-out acc | change |")
-    print("|---|---|---|---|---|")
+    print("| lr | optimizer | problems | steps | held-out acc | change |")
+    print("|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['lr']:g} | {r['prompts']} | {r['steps']} | {r['accuracy']:.3f} | {r['accuracy'] - base:+.3f} |")
+        print(f"| {r['lr']:g} | {r['optimizer']} | {r['prompts']} | {r['steps']} | {r['accuracy']:.3f} "
+              f"| {r['accuracy'] - base:+.3f} |")
+    if noise:
+        print("\nNo step: N(0, sigma^2) added to every weight of the starting model.\n")
+        print("| sigma | draw | held-out acc | change |")
+        print("|---|---|---|---|")
+        for r in noise:
+            print(f"| {r['sigma']:g} | {r['seed']} | {r['accuracy']:.3f} | {r['accuracy'] - base:+.3f} |")
     return 0
 
 

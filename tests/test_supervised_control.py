@@ -33,3 +33,61 @@ def test_supervised_steps_learn_the_given_answers(tiny_dir, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["lr0.001-n4", "lr0.001-n8"]
     with pytest.raises(ValueError, match="problems"):
         supervised_control.control(cfg, tiny_dir, rows, rows, 1e-3, [5], str(tmp_path), batch=4)
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
+    out = {}
+    for f in files:
+        out.update(load_file(os.path.join(path, f)))
+    return out
+
+
+def test_carried_warm_start_optimizer_is_continued(tiny_dir, tmp_path):
+    """The warm start saves its AdamW state; continuing it takes a different first step than
+    a fresh optimizer (whose first Adam step moves every weight by about lr)."""
+    import torch
+
+    from spark_core.config import load_config
+    from spark_core.data import generate
+    from spark_core.train.sft import run_bootstrap
+
+    cfg = load_config("tiny-cpu", json.dumps({"eval.max_new_tokens": 4, "bootstrap.steps": 3,
+                                              "bootstrap.batch_size": 2}))
+    rows = generate(6, seed=3)
+    state = str(tmp_path / "opt.pt")
+    start = str(tmp_path / "start")
+    run_bootstrap(cfg, tiny_dir, rows, start, optimizer_out=state)
+    saved = torch.load(state)
+    assert saved["state"] and all(int(s["step"]) == 3 for s in saved["state"].values())
+    ev = generate(2, seed=4, id_prefix="ev")
+    fresh = supervised_control.control(cfg, start, rows[:4], ev, 1e-3, [4], str(tmp_path / "f"), batch=4)
+    carried = supervised_control.control(cfg, start, rows[:4], ev, 1e-3, [4], str(tmp_path / "c"), batch=4,
+                                         optimizer_state=state)
+    assert fresh[0]["optimizer"] == "fresh" and carried[0]["optimizer"] == "warm start's"
+    assert fresh[0]["loss_first"] == pytest.approx(carried[0]["loss_first"])  # same start, same batch
+    w0 = _weights(start)
+    wf = _weights(str(tmp_path / "f" / "lr0.001-n4"))
+    wc = _weights(str(tmp_path / "c" / "lr0.001-n4-carried"))
+    name = next(k for k in w0 if k.endswith("q_proj.weight"))
+    step_f = (wf[name] - w0[name]).abs().mean().item()
+    step_c = (wc[name] - w0[name]).abs().mean().item()
+    assert step_f == pytest.approx(1e-3, rel=0.2)  # a fresh Adam's first step: ~lr per weight
+    assert abs(step_c - step_f) > 0.1 * step_f
+
+
+def test_noise_control_perturbs_every_weight_and_zero_noise_is_the_start(tiny_dir, tmp_path):
+    from benchmarks.learning_sweep import evaluate
+    from spark_core.config import load_config
+    from spark_core.data import generate
+
+    cfg = load_config("tiny-cpu", json.dumps({"eval.max_new_tokens": 4}))
+    ev = generate(3, seed=4, id_prefix="ev")
+    zero = supervised_control.perturbed(cfg, tiny_dir, ev, 0.0, 0, str(tmp_path))
+    assert zero["accuracy"] == evaluate(cfg, tiny_dir, ev, [])["accuracy"]
+    supervised_control.perturbed(cfg, tiny_dir, ev, 0.01, 1, str(tmp_path))
+    w0, w1 = _weights(tiny_dir), _weights(str(tmp_path / "noise0.01-1"))
+    diffs = {k: (w1[k] - w0[k]).std().item() for k in w0 if w0[k].is_floating_point() and w0[k].numel() > 100}
+    assert diffs and all(abs(d - 0.01) < 0.002 for d in diffs.values()), diffs

@@ -68,7 +68,9 @@ def sft_step(model, processor, chunk: list[tuple[dict, list[int], list[int]]], o
     return loss.item()
 
 
-def run_bootstrap(cfg: SparkConfig, model_dir: str, rows: list[dict], out_dir: str) -> dict:
+def run_bootstrap(cfg: SparkConfig, model_dir: str, rows: list[dict], out_dir: str, optimizer_out: str = "") -> dict:
+    """Warm-start the model in `model_dir` and save it to `out_dir`; `optimizer_out`, if
+    given, also gets the AdamW state (torch.save), for experiments that continue it."""
     t0 = time.time()
     b = cfg.bootstrap
     torch.manual_seed(cfg.seed)
@@ -87,5 +89,7 @@ def run_bootstrap(cfg: SparkConfig, model_dir: str, rows: list[dict], out_dir: s
             bar.set_postfix(loss=f"{sum(losses[-10:]) / len(losses[-10:]):.3f}")
     model.eval()
     save_checkpoint(model, processor, out_dir)
+    if optimizer_out:
+        torch.save(opt.state_dict(), optimizer_out)
     return {"bootstrap_loss_first": losses[0], "bootstrap_loss_last": sum(losses[-10:]) / len(losses[-10:]),
             "bootstrap_steps": b.steps, "bootstrap_seconds": time.time() - t0}
