@@ -51,7 +51,7 @@ import sys
 CACHE_VERSIONS = {
     "data": "9",  # 4: ViRL39K forms in the loader
     "base_model": "9",  # 4: vision ids in responses (log-prob pass)
-    "bootstrap": "10",  # 5: loader and log-prob changes
+    "bootstrap": "11",  # 5: loader and log-prob changes
     "judge_eval_set": "12",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: explicit sampling knobs; 9: wrong answers verified
     "select_prompts": "9",  # 4: ViRL39K forms in the loader
     "rollout": "9",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
