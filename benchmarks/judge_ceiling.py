@@ -40,6 +40,7 @@ def answer_logprob(model, processor, row: dict, answers: list[str]) -> list[floa
 
     enc = [encode_example(processor, row, f"\\boxed{{{a}}}") for a in answers]
     batch = build_batch(processor, [row] * len(answers), [e[0] for e in enc], [e[1] for e in enc])
+    batch = batch.to(next(model.parameters()).device)
     with torch.no_grad():
         lp = response_logprobs(model, batch)
     return (lp * batch.response_mask).sum(-1).tolist()
@@ -48,7 +49,6 @@ def answer_logprob(model, processor, row: dict, answers: list[str]) -> list[floa
 def ceiling(cfg, model_dir: str, eval_rows: list[dict]) -> dict:
     from spark_core.evaluate.core import greedy_results, summarize
     from spark_core.evaluate.judge_set import judge_draws, judge_prompts, starting_wrong_answers
-    from spark_core.model.loading import load_model, load_processor
     from spark_core.rollout.hf import HFBackend
 
     rows = eval_rows[: cfg.eval.judge_samples]
@@ -59,8 +59,7 @@ def ceiling(cfg, model_dir: str, eval_rows: list[dict]) -> dict:
                                               cfg.reward.timeout_s, desc="eval:judge"))
     own = {r["prompt_id"]: (s.get("extracted") or "").strip() for r, s in zip(rows, solved)}
     own_right = {r["prompt_id"]: bool(s["correct"]) for r, s in zip(rows, solved)}
-    processor, model = load_processor(model_dir, cfg.model), load_model(model_dir, cfg.model)
-    model.eval()
+    processor, model = backend.processor, backend.model  # the solver's own weights, already loaded
     pointwise = pairwise = 0
     for d in draws:
         pid = d["row"]["prompt_id"]

@@ -11,6 +11,8 @@ import os
 
 import pytest
 
+from tests.helpers import safetensors_weights
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location("supervised_control",
                                                os.path.join(ROOT, "benchmarks", "supervised_control.py"))
@@ -33,16 +35,6 @@ def test_supervised_steps_learn_the_given_answers(tiny_dir, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["lr0.001-n4", "lr0.001-n8"]
     with pytest.raises(ValueError, match="problems"):
         supervised_control.control(cfg, tiny_dir, rows, rows, 1e-3, [5], str(tmp_path), batch=4)
-
-
-def _weights(path):
-    from safetensors.torch import load_file
-
-    files = sorted(f for f in os.listdir(path) if f.endswith(".safetensors"))
-    out = {}
-    for f in files:
-        out.update(load_file(os.path.join(path, f)))
-    return out
 
 
 def test_carried_warm_start_optimizer_is_continued(tiny_dir, tmp_path):
@@ -68,9 +60,9 @@ def test_carried_warm_start_optimizer_is_continued(tiny_dir, tmp_path):
                                          optimizer_state=state)
     assert fresh[0]["optimizer"] == "fresh" and carried[0]["optimizer"] == "warm start's"
     assert fresh[0]["loss_first"] == pytest.approx(carried[0]["loss_first"])  # same start, same batch
-    w0 = _weights(start)
-    wf = _weights(str(tmp_path / "f" / "lr0.001-n4"))
-    wc = _weights(str(tmp_path / "c" / "lr0.001-n4-carried"))
+    w0 = safetensors_weights(start)
+    wf = safetensors_weights(str(tmp_path / "f" / "lr0.001-n4"))
+    wc = safetensors_weights(str(tmp_path / "c" / "lr0.001-n4-carried"))
     name = next(k for k in w0 if k.endswith("q_proj.weight"))
     step_f = (wf[name] - w0[name]).abs().mean().item()
     step_c = (wc[name] - w0[name]).abs().mean().item()
@@ -88,6 +80,6 @@ def test_noise_control_perturbs_every_weight_and_zero_noise_is_the_start(tiny_di
     zero = supervised_control.perturbed(cfg, tiny_dir, ev, 0.0, 0, str(tmp_path))
     assert zero["accuracy"] == evaluate(cfg, tiny_dir, ev, [])["accuracy"]
     supervised_control.perturbed(cfg, tiny_dir, ev, 0.01, 1, str(tmp_path))
-    w0, w1 = _weights(tiny_dir), _weights(str(tmp_path / "noise0.01-1"))
+    w0, w1 = safetensors_weights(tiny_dir), safetensors_weights(str(tmp_path / "noise0.01-1"))
     diffs = {k: (w1[k] - w0[k]).std().item() for k in w0 if w0[k].is_floating_point() and w0[k].numel() > 100}
     assert diffs and all(abs(d - 0.01) < 0.002 for d in diffs.values()), diffs
