@@ -57,9 +57,9 @@ CACHE_VERSIONS = {
     "rollout": "9",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
     "reward": "9",
     "recycle": "10",
-    "update": "12",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: issue 9 trainer; 7: GRPOTrainer; 9: full_weights context
+    "update": "13",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: issue 9 trainer; 7: GRPOTrainer; 9: full_weights context; 13: TORCH_CUDA_ARCH_LIST made readable for fused Adam
     "evaluate": "10",  # 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
-    "segment": "9",  # 6: its own image with vLLM and DeepSpeed; 5: HF colocated engine gathers ZeRO-3 weights while it generates
+    "segment": "10",  # 10: TORCH_CUDA_ARCH_LIST made readable for fused Adam; 6: its own image with vLLM and DeepSpeed; 5: HF colocated engine gathers ZeRO-3 weights while it generates
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

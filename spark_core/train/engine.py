@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -84,11 +85,43 @@ class StepCheckpoints:
     publish: Callable[[str], None] | None = None
 
 
+def deepspeed_arch_list(value: str) -> str:
+    """TORCH_CUDA_ARCH_LIST as DeepSpeed's JIT op builder can read it.
+
+    Images built for Hopper or Blackwell often set arch-specific entries such as "9.0a"
+    or "10.0f"; DeepSpeed parses every entry as integers and fails with "invalid literal
+    for int()" while compiling its fused Adam at the first update. The suffix only enables
+    instructions (wgmma, TMA) that DeepSpeed's ops do not use, so it is dropped; "+PTX"
+    is kept. Entries are rejoined with ";" (DeepSpeed splits on ";" and spaces).
+    """
+    out = []
+    for cc in value.replace(" ", ";").split(";"):
+        cc = cc.strip()
+        if not cc:
+            continue
+        base, plus, ptx = cc.partition("+")
+        base = ".".join(re.sub(r"[a-z]+$", "", part) for part in base.split("."))
+        cc = base + (plus + ptx if plus else "")
+        if cc not in out:
+            out.append(cc)
+    return ";".join(out)
+
+
+def readable_arch_list_env() -> None:
+    """Rewrite TORCH_CUDA_ARCH_LIST in place where DeepSpeed could not parse it."""
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    if re.search(r"\d[a-z]", arch):
+        fixed = deepspeed_arch_list(arch)
+        log.warning("TORCH_CUDA_ARCH_LIST=%r rewritten as %r for DeepSpeed's op builder", arch, fixed)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = fixed
+
+
 def init_distributed() -> DistInfo:
     import deepspeed
 
     cuda = torch.cuda.is_available()
     local = int(os.environ.get("LOCAL_RANK", "0"))
+    readable_arch_list_env()
     if cuda:  # before the process group exists: NCCL binds each rank to the current device
         torch.cuda.set_device(local)
     if not torch.distributed.is_initialized():
