@@ -31,24 +31,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 
-def answer_logprob(model, processor, row: dict, answers: list[str]) -> list[float]:
-    """log p(\\boxed{answer}<|im_end|> | the problem's solve prompt), per answer."""
-    import torch
-
-    from spark_core.model.logprobs import build_batch, response_logprobs
-    from spark_core.train.sft import encode_example
-
-    enc = [encode_example(processor, row, f"\\boxed{{{a}}}") for a in answers]
-    batch = build_batch(processor, [row] * len(answers), [e[0] for e in enc], [e[1] for e in enc])
-    batch = batch.to(next(model.parameters()).device)
-    with torch.no_grad():
-        lp = response_logprobs(model, batch)
-    return (lp * batch.response_mask).sum(-1).tolist()
-
-
 def ceiling(cfg, model_dir: str, eval_rows: list[dict]) -> dict:
     from spark_core.evaluate.core import greedy_results, summarize
     from spark_core.evaluate.judge_set import judge_draws, judge_prompts, starting_wrong_answers
+    from spark_core.evaluate.likelihood import answer_logprobs
     from spark_core.rollout.hf import HFBackend
 
     rows = eval_rows[: cfg.eval.judge_samples]
@@ -66,7 +52,7 @@ def ceiling(cfg, model_dir: str, eval_rows: list[dict]) -> dict:
         # "correct" on the truth when its own answer is right (by the verifier); "wrong" on
         # the wrong answer unless that is literally what it answers itself
         pointwise += own_right[pid] + (own[pid] != d["wrong"])
-        lp_truth, lp_wrong = answer_logprob(model, processor, d["row"], [d["truth"], d["wrong"]])
+        lp_truth, lp_wrong = answer_logprobs(model, processor, [(d["row"], d["truth"]), (d["row"], d["wrong"])])
         pairwise += lp_truth > lp_wrong
     n = len(draws)
     out = {"problems": n, "solve_accuracy": sum(bool(s["correct"]) for s in solved) / n,

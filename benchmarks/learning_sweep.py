@@ -33,15 +33,12 @@ def _value(s: str):
 
 
 def evaluate(cfg, model_dir: str, eval_rows: list[dict], judge_rows: list[dict]) -> dict:
-    from spark_core.evaluate.core import greedy_results, summarize
+    """The run's own evaluation (spark_core.evaluate.core.evaluate), keys without "eval/"."""
+    from spark_core.evaluate.core import evaluate as run_evaluation
     from spark_core.rollout.hf import HFBackend
 
-    backend = HFBackend(model_dir, cfg.model)
-    solve = greedy_results(backend, eval_rows, cfg.eval.max_new_tokens, "single", cfg.reward.timeout_s,
-                           desc="eval:solve")
-    judge = greedy_results(backend, judge_rows, cfg.eval.max_new_tokens, "judge", cfg.reward.timeout_s,
-                           desc="eval:judge")
-    return summarize(solve, judge)
+    _, metrics = run_evaluation(cfg, HFBackend(model_dir, cfg.model), eval_rows, judge_rows)
+    return {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("eval/")}
 
 
 def rollout_and_score(cfg, model_dir: str, rows: list[dict], tag: str, seed: int) -> list[dict]:
@@ -164,7 +161,7 @@ def _mixed(scored: list[dict]) -> float:
 
 
 def _line(m: dict) -> str:
-    keys = ["epoch", "accuracy", "judge_accuracy", "judge_accuracy/pointwise", "judge_accuracy/pairwise",
+    keys = ["epoch", "accuracy", "answer_prob", "judge_accuracy", "judge_accuracy/pointwise", "judge_accuracy/pairwise",
             "reward/policy", "reward/recycled", "mixed/policy", "kl/policy"]
     parts = [f"{k}={m[k]:.3f}" if isinstance(m.get(k), float) else f"{k}={m.get(k)}" for k in keys if k in m]
     parts += [f"{k.split('/', 1)[1]}={m[k]:.2f}" for k in sorted(m) if k.startswith("accuracy/synthetic")]
@@ -173,7 +170,7 @@ def _line(m: dict) -> str:
 
 
 def table(results: list[tuple[dict, list[dict]]]) -> str:
-    cols = ["setting", "epoch", "accuracy", "judge", "pointwise", "pairwise", "reward", "mixed", "seconds"]
+    cols = ["setting", "epoch", "accuracy", "p(answer)", "judge", "pointwise", "pairwise", "reward", "mixed", "seconds"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     f = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     for over, hist in results:
@@ -181,7 +178,7 @@ def table(results: list[tuple[dict, list[dict]]]) -> str:
         for m in hist:
             secs = sum(v for k, v in m.items() if k.startswith("time/"))
             lines.append("| " + " | ".join(f(v) for v in (
-                name, m["epoch"], m.get("accuracy"), m.get("judge_accuracy"), m.get("judge_accuracy/pointwise"),
+                name, m["epoch"], m.get("accuracy"), m.get("answer_prob"), m.get("judge_accuracy"), m.get("judge_accuracy/pointwise"),
                 m.get("judge_accuracy/pairwise"), m.get("reward/policy"), m.get("mixed/policy"), secs)) + " |")
     return "\n".join(lines)
 

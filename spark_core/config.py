@@ -160,6 +160,10 @@ class EvalConfig:
     max_new_tokens: int = 16
     tts_rounds: int = 2
     judge_samples: int = 100  # 300 balanced judge prompts
+    # held-out problems whose true answer's probability is measured by teacher forcing
+    # (eval/answer_prob, eval/answer_logprob; spark_core/evaluate/likelihood.py): a smooth
+    # measure of learning for models that answer with a bare \boxed{}; 0 = off
+    answer_likelihood_problems: int = 128
     # evaluate the starting model, every `every`-th epoch and the last epoch (long runs
     # and benchmarks with large held-out sets may skip the epochs in between)
     every: int = 1
@@ -325,7 +329,8 @@ def _gpu_preset(name: str, *, gpus: int, nnodes: int, max_new_tokens: int, rollo
     # 64 samples per optimizer step as in SPARK: micro-batches of 64 / update GPUs, no accumulation
     cfg.train = TrainConfig(lr=5e-7, micro_batch_size=64 // gpus, train_batch_size=64, zero_stage=3, bf16=True,
                             gradient_checkpointing=True)
-    cfg.eval = EvalConfig(max_new_tokens=2048, every=20)
+    # a model that reasons first puts little probability on answering at once
+    cfg.eval = EvalConfig(max_new_tokens=2048, every=20, answer_likelihood_problems=0)
     # 16 steps a segment: the smallest K at or under 20% overhead in benchmarks/run_cost.py
     cfg.loop = LoopConfig(mode="segment", segment_steps=16)
     per_node = gpus // nnodes

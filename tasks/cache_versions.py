@@ -48,18 +48,19 @@ import sys
 # warm-start lr 1e-3, RL lr 5e-5, train.freeze_vision
 # +1 (all stages): synthetic_split, one embedding-init rule, sft_step; the unused
 # model.tiny.vision_out_hidden_size is gone (the vision merger's width is the text width); judge_draws
+# +1 (all stages): eval.answer_likelihood_problems (the held-out true answer's probability)
 CACHE_VERSIONS = {
-    "data": "9",  # 4: ViRL39K forms in the loader
-    "base_model": "9",  # 4: vision ids in responses (log-prob pass)
-    "bootstrap": "11",  # 5: loader and log-prob changes
-    "judge_eval_set": "12",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: explicit sampling knobs; 9: wrong answers verified
-    "select_prompts": "9",  # 4: ViRL39K forms in the loader
-    "rollout": "9",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
-    "reward": "9",
-    "recycle": "10",
-    "update": "13",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: issue 9 trainer; 7: GRPOTrainer; 9: full_weights context; 13: TORCH_CUDA_ARCH_LIST made readable for fused Adam
-    "evaluate": "10",  # 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
-    "segment": "10",  # 10: TORCH_CUDA_ARCH_LIST made readable for fused Adam; 6: its own image with vLLM and DeepSpeed; 5: HF colocated engine gathers ZeRO-3 weights while it generates
+    "data": "10",  # 4: ViRL39K forms in the loader
+    "base_model": "10",  # 4: vision ids in responses (log-prob pass)
+    "bootstrap": "12",  # 5: loader and log-prob changes
+    "judge_eval_set": "13",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: explicit sampling knobs; 9: wrong answers verified
+    "select_prompts": "10",  # 4: ViRL39K forms in the loader
+    "rollout": "10",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
+    "reward": "10",
+    "recycle": "11",
+    "update": "14",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: issue 9 trainer; 7: GRPOTrainer; 9: full_weights context; 13: TORCH_CUDA_ARCH_LIST made readable for fused Adam
+    "evaluate": "11",  # 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
+    "segment": "11",  # 10: TORCH_CUDA_ARCH_LIST made readable for fused Adam; 6: its own image with vLLM and DeepSpeed; 5: HF colocated engine gathers ZeRO-3 weights while it generates
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -99,6 +100,7 @@ STAGE_SOURCES: dict[str, list[str]] = {
                                  "spark_core/evaluate/judge_set.py", "spark_core/recycle/*.py",
                                  "spark_core/reward/*.py"] + _ROLLOUT,
     "evaluate": _COMMON + ["tasks/evaluate.py", "spark_core/evaluate/__init__.py", "spark_core/evaluate/core.py",
+                           "spark_core/evaluate/likelihood.py",
                            "spark_core/evaluate/report.py", "spark_core/reward/*.py"] + _ROLLOUT,
     "rollout": _COMMON + ["tasks/rollout.py"] + _ROLLOUT,
     "reward": _COMMON + ["tasks/reward.py", "spark_core/reward/*.py"],
@@ -109,7 +111,8 @@ STAGE_SOURCES: dict[str, list[str]] = {
     "segment": _COMMON + ["tasks/segment.py", "tasks/update.py", "tasks/resources.py", "spark_core/segment.py",
                           "spark_core/loop_plan.py", "spark_core/train/__init__.py", "spark_core/train/collectives.py",
                           "spark_core/train/engine.py", "spark_core/train/grpo.py", "spark_core/data/*.py", "spark_core/recycle/*.py",
-                          "spark_core/reward/*.py", "spark_core/evaluate/__init__.py", "spark_core/evaluate/core.py"]
+                          "spark_core/reward/*.py", "spark_core/evaluate/__init__.py", "spark_core/evaluate/core.py",
+                          "spark_core/evaluate/likelihood.py"]
                          + _ROLLOUT + ["spark_core/rollout/colocated.py"],
 }
 

@@ -46,22 +46,3 @@ def test_ceiling_scores_the_judge_set_with_the_models_own_answers(tiny_dir):
     assert m["ceiling_pairwise"] in (0.0, 1 / 3, 2 / 3, 1.0)
     assert abs(m["ceiling_judge_accuracy"] - (2 * 0.5 + m["ceiling_pairwise"]) / 3) < 1e-9
     assert 0.0 <= m["judge_accuracy"] <= 1.0
-
-
-def test_answer_logprob_prefers_what_the_model_was_taught(tiny_dir):
-    import torch
-
-    from spark_core.config import load_config
-    from spark_core.data import generate
-    from spark_core.model.loading import load_model, load_processor
-    from spark_core.train.sft import encode_example, sft_step
-
-    cfg = load_config("tiny-cpu", "{}")
-    row = generate(1, seed=2)[0]
-    processor, model = load_processor(tiny_dir, cfg.model), load_model(tiny_dir, cfg.model, for_training=True)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(5):
-        sft_step(model, processor, [(row, *encode_example(processor, row, "\\boxed{7}"))], opt)
-    model.eval()
-    lp7, lp3 = judge_ceiling.answer_logprob(model, processor, row, ["7", "3"])
-    assert lp7 > lp3 and lp7 < 0.0

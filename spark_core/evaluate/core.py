@@ -55,12 +55,23 @@ def results_table(rows: list[dict]):
 
 def evaluate(cfg, backend, eval_prompts: list[dict], judge_prompts: list[dict]
              ) -> tuple[list[dict], dict[str, float]]:
-    """Greedy single-pass accuracy and judge accuracy: EVAL_RESULTS rows and `eval/...` metrics."""
+    """Greedy single-pass accuracy and judge accuracy: EVAL_RESULTS rows and `eval/...` metrics.
+
+    With `eval.answer_likelihood_problems` > 0 and a backend that holds the HF model, also
+    the true answer's mean probability over the first that many problems (`eval/answer_prob`,
+    `eval/answer_logprob`)."""
     t0 = time.time()
     solve = greedy_results(backend, eval_prompts, cfg.eval.max_new_tokens, "single", cfg.reward.timeout_s,
                            desc="eval:solve")
     judge = greedy_results(backend, judge_prompts, cfg.eval.max_new_tokens, "judge", cfg.reward.timeout_s,
                            desc="eval:judge")
     metrics = {f"eval/{k}": v for k, v in summarize(solve, judge).items()}
+    n_lik = int(getattr(cfg.eval, "answer_likelihood_problems", 0) or 0)
+    if n_lik > 0 and eval_prompts and getattr(backend, "model", None) is not None:
+        # only a backend that holds the HF model can score by teacher forcing (vLLM does not)
+        from spark_core.evaluate.likelihood import true_answer_metrics
+
+        lik = true_answer_metrics(backend.model, backend.processor, eval_prompts[:n_lik])
+        metrics.update({f"eval/{k}": v for k, v in lik.items()})
     metrics["time/evaluate"] = time.time() - t0
     return solve + judge, metrics

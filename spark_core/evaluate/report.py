@@ -15,6 +15,7 @@ from typing import Iterable
 PANELS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("Solve accuracy (eval)", ("eval/accuracy", "eval/accuracy_micro"), ()),
     ("Judge accuracy (eval)", ("eval/judge_accuracy",), ("eval/judge_accuracy/",)),
+    ("True answer's probability (eval)", ("eval/answer_prob",), ()),
     ("Reward mean", ("policy/reward_mean", "recycled/reward_mean"), ()),
     ("KL to reference", ("policy/kl", "recycled/kl"), ()),
 ]
@@ -133,7 +134,8 @@ def deck_html(history: list[dict], per_benchmark: dict[str, float] | None = None
 # ---- the end-of-run summary, as plain text -------------------------------------------
 
 # (column header, metric key)
-SUMMARY_COLUMNS = (("held-out acc", "eval/accuracy"), ("judge acc", "eval/judge_accuracy"),
+SUMMARY_COLUMNS = (("held-out acc", "eval/accuracy"), ("p(answer)", "eval/answer_prob"),
+                   ("judge acc", "eval/judge_accuracy"),
                    ("pointwise", "eval/judge_accuracy/pointwise"), ("pairwise", "eval/judge_accuracy/pairwise"),
                    ("policy reward", "policy/reward_mean"), ("recycled reward", "recycled/reward_mean"))
 
@@ -149,6 +151,8 @@ def run_summary(history: list[dict], *, arm: str, preset: str, seed: int, checkp
                 run: dict[str, str] | None = None) -> str:
     """What a finished run did, for a terminal: per-epoch accuracy, judge accuracy and
     reward, the change from the start, and where the checkpoint and MLflow run are.
+    `p(answer)` is the held-out true answer's mean probability (eval/answer_prob), which
+    moves smoothly where greedy accuracy jumps.
 
     history[i] is the merged metrics of epoch i (0 = the starting model); `run` is
     `tracking.run_info` of the MLflow run, if there is one.
@@ -164,6 +168,7 @@ def run_summary(history: list[dict], *, arm: str, preset: str, seed: int, checkp
     for r in [header] + rows:
         lines.append("  ".join(c.rjust(w) for c, w in zip(r, widths)).rstrip())
     changes = [(label, _change(history, key)) for label, key in (("held-out accuracy", "eval/accuracy"),
+                                                                 ("p(true answer)", "eval/answer_prob"),
                                                                  ("judge accuracy", "eval/judge_accuracy"),
                                                                  ("policy reward", "policy/reward_mean"))]
     changes = [(label, c) for label, c in changes if c]

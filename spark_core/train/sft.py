@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from spark_core.config import SparkConfig
 from spark_core.model.loading import load_model, load_processor, save_checkpoint
 from spark_core.model.logprobs import build_batch, response_logprobs
-from spark_core.model.prompting import decode_image, render_prompt
+from spark_core.model.prompting import encode_example  # noqa: F401  (re-exported: callers import it from here)
 from spark_core.model.tokenizer import SPECIAL_IDS
 from spark_core.train.grpo import masked_mean
 
@@ -44,16 +44,6 @@ def bootstrap_examples(rows: list[dict], cfg: SparkConfig, n: int, seed: int) ->
     ex = solve + judge_examples(rows, n_judge, rng, brief=brief)
     rng.shuffle(ex)
     return ex
-
-
-def encode_example(processor, row: dict, target: str) -> tuple[list[int], list[int]]:
-    img = decode_image(row)
-    kwargs = {"text": [render_prompt(processor, row)], "return_tensors": "pt"}
-    if img is not None:
-        kwargs["images"] = [img]
-    prompt_ids = processor(**kwargs)["input_ids"][0].tolist()
-    target_ids = processor.tokenizer.encode(target, add_special_tokens=False) + [SPECIAL_IDS["<|im_end|>"]]
-    return prompt_ids, target_ids
 
 
 def sft_step(model, processor, chunk: list[tuple[dict, list[int], list[int]]], opt) -> float:
