@@ -161,7 +161,8 @@ def _mixed(scored: list[dict]) -> float:
 
 
 def _line(m: dict) -> str:
-    keys = ["epoch", "accuracy", "answer_prob", "judge_accuracy", "judge_accuracy/pointwise", "judge_accuracy/pairwise",
+    keys = ["epoch", "accuracy", "answer_prob", "judge_accuracy", "judge_answer_prob",
+            "judge_accuracy/pointwise", "judge_accuracy/pairwise",
             "reward/policy", "reward/recycled", "mixed/policy", "kl/policy"]
     parts = [f"{k}={m[k]:.3f}" if isinstance(m.get(k), float) else f"{k}={m.get(k)}" for k in keys if k in m]
     parts += [f"{k.split('/', 1)[1]}={m[k]:.2f}" for k in sorted(m) if k.startswith("accuracy/synthetic")]
@@ -170,7 +171,8 @@ def _line(m: dict) -> str:
 
 
 def table(results: list[tuple[dict, list[dict]]]) -> str:
-    cols = ["setting", "epoch", "accuracy", "p(answer)", "judge", "pointwise", "pairwise", "reward", "mixed", "seconds"]
+    cols = ["setting", "epoch", "accuracy", "p(answer)", "judge", "p(verdict)", "pointwise", "pairwise", "reward", "mixed",
+            "seconds"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     f = lambda v: f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v))  # noqa: E731
     for over, hist in results:
@@ -178,7 +180,8 @@ def table(results: list[tuple[dict, list[dict]]]) -> str:
         for m in hist:
             secs = sum(v for k, v in m.items() if k.startswith("time/"))
             lines.append("| " + " | ".join(f(v) for v in (
-                name, m["epoch"], m.get("accuracy"), m.get("answer_prob"), m.get("judge_accuracy"), m.get("judge_accuracy/pointwise"),
+                name, m["epoch"], m.get("accuracy"), m.get("answer_prob"), m.get("judge_accuracy"),
+                m.get("judge_answer_prob"), m.get("judge_accuracy/pointwise"),
                 m.get("judge_accuracy/pairwise"), m.get("reward/policy"), m.get("mixed/policy"), secs)) + " |")
     return "\n".join(lines)
 

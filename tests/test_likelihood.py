@@ -62,17 +62,26 @@ def test_metrics_and_a_step_toward_the_truth_raises_them(loaded):
 
 
 def test_evaluate_reports_it_for_the_first_n_problems_only_when_asked(tiny_dir):
+    from spark_core.evaluate.judge_set import balanced_judge_prompts
+
     rows = generate(5, seed=4)
+    judge = balanced_judge_prompts(rows[:2], {r["prompt_id"]: ["99"] for r in rows[:2]}, seed=0)  # 6 prompts
     cfg = load_config("tiny-cpu", '{"eval.answer_likelihood_problems": 3}')
     backend = HFBackend(tiny_dir, cfg.model)
-    _, metrics = evaluate(cfg, backend, rows, [])
+    _, metrics = evaluate(cfg, backend, rows, judge)
     expected = true_answer_metrics(backend.model, backend.processor, rows[:3])
     assert metrics["eval/answer_prob"] == pytest.approx(expected["answer_prob"])
     assert metrics["eval/answer_logprob"] == pytest.approx(expected["answer_logprob"])
+    # the judge's: the right verdict (the judge prompt's label) on the first 3 judge prompts
+    verdicts = true_answer_metrics(backend.model, backend.processor, judge[:3])
+    assert {j["answer"] for j in judge[:3]} <= {"Yes", "No", "A", "B"}
+    assert metrics["eval/judge_answer_prob"] == pytest.approx(verdicts["answer_prob"])
+    assert metrics["eval/judge_answer_logprob"] == pytest.approx(verdicts["answer_logprob"])
     off = load_config("tiny-cpu", '{"eval.answer_likelihood_problems": 0}')
-    _, metrics_off = evaluate(off, backend, rows, [])
-    assert "eval/answer_prob" not in metrics_off
+    _, metrics_off = evaluate(off, backend, rows, judge)
+    assert not any("answer_prob" in k or "answer_logprob" in k for k in metrics_off)
     assert metrics_off["eval/accuracy"] == metrics["eval/accuracy"]
+    assert metrics_off["eval/judge_accuracy"] == metrics["eval/judge_accuracy"]
 
 
 def test_gpu_presets_leave_it_off():

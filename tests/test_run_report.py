@@ -7,12 +7,12 @@ import pytest
 from spark_core.evaluate import compare
 from spark_core.evaluate.report import epoch_figure, run_summary
 
-HIST = [{"eval/accuracy": 0.125, "eval/answer_prob": 0.1, "eval/judge_accuracy": 0.5, "eval/judge_accuracy/pointwise": 0.5,
+HIST = [{"eval/accuracy": 0.125, "eval/answer_prob": 0.1, "eval/judge_accuracy": 0.5, "eval/judge_answer_prob": 0.3, "eval/judge_accuracy/pointwise": 0.5,
          "eval/judge_accuracy/pairwise": 0.5, "time/bootstrap": 12.0},
-        {"eval/accuracy": 0.25, "eval/answer_prob": 0.12, "eval/judge_accuracy": 0.625, "eval/judge_accuracy/pointwise": 0.75,
+        {"eval/accuracy": 0.25, "eval/answer_prob": 0.12, "eval/judge_accuracy": 0.625, "eval/judge_answer_prob": 0.35, "eval/judge_accuracy/pointwise": 0.75,
          "eval/judge_accuracy/pairwise": 0.375, "policy/reward_mean": 0.2, "recycled/reward_mean": 0.4,
          "time/update_policy": 30.5},
-        {"eval/accuracy": 0.375, "eval/answer_prob": 0.15, "eval/judge_accuracy": 0.7, "eval/judge_accuracy/pointwise": 0.8,
+        {"eval/accuracy": 0.375, "eval/answer_prob": 0.15, "eval/judge_accuracy": 0.7, "eval/judge_answer_prob": 0.4, "eval/judge_accuracy/pointwise": 0.8,
          "eval/judge_accuracy/pairwise": 0.5, "policy/reward_mean": 0.3, "recycled/reward_mean": 0.45,
          "time/update_policy": 29.25}]
 
@@ -24,15 +24,16 @@ def test_summary_text_says_what_happened_and_where():
     lines = text.splitlines()
     assert lines[0].startswith("SPARK run finished: arm spark, preset tiny-cpu, seed 42, 2 epoch(s)")
     header = next(line for line in lines if line.lstrip().startswith("epoch"))
-    assert header.split() == ["epoch", "held-out", "acc", "p(answer)", "judge", "acc", "pointwise", "pairwise", "policy",
-                              "reward", "recycled", "reward"]
+    assert header.split() == ["epoch", "held-out", "acc", "p(answer)", "judge", "acc", "p(verdict)", "pointwise",
+                              "pairwise", "policy", "reward", "recycled", "reward"]
     rows = [line.split() for line in lines[lines.index(header) + 1:lines.index(header) + 4]]
-    assert rows == [["0", "0.125", "0.100", "0.500", "0.500", "0.500", "-", "-"],
-                    ["1", "0.250", "0.120", "0.625", "0.750", "0.375", "0.200", "0.400"],
-                    ["2", "0.375", "0.150", "0.700", "0.800", "0.500", "0.300", "0.450"]]
+    assert rows == [["0", "0.125", "0.100", "0.500", "0.300", "0.500", "0.500", "-", "-"],
+                    ["1", "0.250", "0.120", "0.625", "0.350", "0.750", "0.375", "0.200", "0.400"],
+                    ["2", "0.375", "0.150", "0.700", "0.400", "0.800", "0.500", "0.300", "0.450"]]
     assert "held-out accuracy: 0.125 -> 0.375 (+25.0 points)" in text
     assert "p(true answer):    0.100 -> 0.150 (+5.0 points)" in text
     assert "judge accuracy:    0.500 -> 0.700 (+20.0 points)" in text
+    assert "p(right verdict):  0.300 -> 0.400 (+10.0 points)" in text
     assert "policy reward:     0.200 -> 0.300 (+10.0 points)" in text
     assert "checkpoint:        /tmp/x/policy" in text
     assert "spark-tiny-cpu-s42 (id abc123), experiment 'spark'" in text
@@ -43,7 +44,7 @@ def test_summary_text_says_what_happened_and_where():
     # sparse metrics (no eval at some epochs) and no MLflow run still give a readable table
     sparse = run_summary([HIST[0], {"policy/reward_mean": 0.1}, HIST[2]], arm="policy", preset="p", seed=1,
                          checkpoint="/c", run=None)
-    assert "\n    1             -          -          -          -         -          0.100" in sparse
+    assert "\n    1             -          -          -           -          -         -          0.100" in sparse
     assert "MLflow" not in sparse
 
 

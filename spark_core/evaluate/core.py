@@ -59,7 +59,8 @@ def evaluate(cfg, backend, eval_prompts: list[dict], judge_prompts: list[dict]
 
     With `eval.answer_likelihood_problems` > 0 and a backend that holds the HF model, also
     the true answer's mean probability over the first that many problems (`eval/answer_prob`,
-    `eval/answer_logprob`)."""
+    `eval/answer_logprob`) and the right verdict's over the first that many judge prompts
+    (`eval/judge_answer_prob`, `eval/judge_answer_logprob`)."""
     t0 = time.time()
     solve = greedy_results(backend, eval_prompts, cfg.eval.max_new_tokens, "single", cfg.reward.timeout_s,
                            desc="eval:solve")
@@ -73,5 +74,8 @@ def evaluate(cfg, backend, eval_prompts: list[dict], judge_prompts: list[dict]
 
         lik = true_answer_metrics(backend.model, backend.processor, eval_prompts[:n_lik])
         metrics.update({f"eval/{k}": v for k, v in lik.items()})
+        # the same for the judge: the probability of the right verdict (label) on judge prompts
+        verdict = true_answer_metrics(backend.model, backend.processor, judge_prompts[:n_lik])
+        metrics.update({f"eval/judge_{k}": v for k, v in verdict.items()})
     metrics["time/evaluate"] = time.time() - t0
     return solve + judge, metrics

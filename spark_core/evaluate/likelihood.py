@@ -7,6 +7,10 @@ the solve prompt, by teacher forcing, moves with every change of the weights and
 sampling noise, so an epoch that moved the policy toward (or away from) the true
 answers shows even where no argmax flipped.
 
+The evaluation applies it to the held-out problems (`eval/answer_prob`) and, with the
+judge prompt's label as the answer, to the judge set (`eval/judge_answer_prob`: the
+right verdict's probability), over the first `eval.answer_likelihood_problems` of each.
+
 It is meaningful where the model answers with a bare boxed answer, as the embedded
 default's warm start teaches it to. A model that reasons before answering puts little
 probability on answering at once, so the GPU presets leave it off

@@ -15,7 +15,7 @@ from typing import Iterable
 PANELS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("Solve accuracy (eval)", ("eval/accuracy", "eval/accuracy_micro"), ()),
     ("Judge accuracy (eval)", ("eval/judge_accuracy",), ("eval/judge_accuracy/",)),
-    ("True answer's probability (eval)", ("eval/answer_prob",), ()),
+    ("True answer's / right verdict's probability (eval)", ("eval/answer_prob", "eval/judge_answer_prob"), ()),
     ("Reward mean", ("policy/reward_mean", "recycled/reward_mean"), ()),
     ("KL to reference", ("policy/kl", "recycled/kl"), ()),
 ]
@@ -135,7 +135,7 @@ def deck_html(history: list[dict], per_benchmark: dict[str, float] | None = None
 
 # (column header, metric key)
 SUMMARY_COLUMNS = (("held-out acc", "eval/accuracy"), ("p(answer)", "eval/answer_prob"),
-                   ("judge acc", "eval/judge_accuracy"),
+                   ("judge acc", "eval/judge_accuracy"), ("p(verdict)", "eval/judge_answer_prob"),
                    ("pointwise", "eval/judge_accuracy/pointwise"), ("pairwise", "eval/judge_accuracy/pairwise"),
                    ("policy reward", "policy/reward_mean"), ("recycled reward", "recycled/reward_mean"))
 
@@ -151,8 +151,9 @@ def run_summary(history: list[dict], *, arm: str, preset: str, seed: int, checkp
                 run: dict[str, str] | None = None) -> str:
     """What a finished run did, for a terminal: per-epoch accuracy, judge accuracy and
     reward, the change from the start, and where the checkpoint and MLflow run are.
-    `p(answer)` is the held-out true answer's mean probability (eval/answer_prob), which
-    moves smoothly where greedy accuracy jumps.
+    `p(answer)` is the held-out true answer's mean probability (eval/answer_prob) and
+    `p(verdict)` the right verdict's on the judge set (eval/judge_answer_prob); both move
+    smoothly where greedy accuracy jumps.
 
     history[i] is the merged metrics of epoch i (0 = the starting model); `run` is
     `tracking.run_info` of the MLflow run, if there is one.
@@ -170,6 +171,7 @@ def run_summary(history: list[dict], *, arm: str, preset: str, seed: int, checkp
     changes = [(label, _change(history, key)) for label, key in (("held-out accuracy", "eval/accuracy"),
                                                                  ("p(true answer)", "eval/answer_prob"),
                                                                  ("judge accuracy", "eval/judge_accuracy"),
+                                                                 ("p(right verdict)", "eval/judge_answer_prob"),
                                                                  ("policy reward", "policy/reward_mean"))]
     changes = [(label, c) for label, c in changes if c]
     if changes:
