@@ -128,6 +128,16 @@ class SplitGenerate:
     def __init__(self, engine, tp: int = 1):
         self.engine, self.tp = engine, max(1, tp)
 
+    # the engine's HF model and processor where it has them (ColocatedHF), so the
+    # evaluation's teacher-forced metrics run in a segment as in the evaluate task
+    @property
+    def model(self):
+        return getattr(self.engine, "model", None)
+
+    @property
+    def processor(self):
+        return getattr(self.engine, "processor", None)
+
     def generate(self, prompts, spec, desc: str = "rollout"):
         td = _dist()
         if td is None:

@@ -60,7 +60,7 @@ CACHE_VERSIONS = {
     "recycle": "11",
     "update": "14",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: issue 9 trainer; 7: GRPOTrainer; 9: full_weights context; 13: TORCH_CUDA_ARCH_LIST made readable for fused Adam
     "evaluate": "12",  # 12: eval/judge_answer_prob; 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
-    "segment": "12",  # 12: eval/judge_answer_prob; 10: TORCH_CUDA_ARCH_LIST made readable for fused Adam; 6: its own image with vLLM and DeepSpeed; 5: HF colocated engine gathers ZeRO-3 weights while it generates
+    "segment": "13",  # 13: teacher-forced eval metrics in segments; 12: eval/judge_answer_prob; 10: TORCH_CUDA_ARCH_LIST made readable for fused Adam; 6: its own image with vLLM and DeepSpeed; 5: HF colocated engine gathers ZeRO-3 weights while it generates
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

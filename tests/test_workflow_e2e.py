@@ -74,9 +74,13 @@ def test_workflow_runs_two_epochs_end_to_end(mlflow_db, mode):
     lines = text.splitlines()
     assert lines[0].startswith("SPARK run finished: arm spark, preset tiny-cpu, seed 42, 2 epoch(s)")
     header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["epoch"])
+    # column order: epoch, held-out acc, p(answer), judge acc, p(verdict), ...
+    assert lines[header].split()[:7] == ["epoch", "held-out", "acc", "p(answer)", "judge", "acc", "p(verdict)"]
     for e, m in enumerate(history):
         cells = lines[header + 1 + e].split()
-        assert cells[:3] == [str(e), f"{m['eval/accuracy']:.3f}", f"{m['eval/judge_accuracy']:.3f}"]
+        assert cells[:5] == [str(e), f"{m['eval/accuracy']:.3f}", f"{m['eval/answer_prob']:.3f}",
+                             f"{m['eval/judge_accuracy']:.3f}", f"{m['eval/judge_answer_prob']:.3f}"]
+        assert 0.0 < m["eval/answer_prob"] < 1.0 and 0.0 < m["eval/judge_answer_prob"] < 1.0
         if e:
             assert f"{m['policy/reward_mean']:.3f}" in cells
     assert f"held-out accuracy: {history[0]['eval/accuracy']:.3f} -> {history[-1]['eval/accuracy']:.3f}" in text

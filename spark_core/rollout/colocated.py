@@ -79,6 +79,15 @@ class ColocatedHF:
     def generate(self, prompts: list[dict], spec: SamplingSpec, desc: str = "rollout") -> list[Sample]:
         return self._backend.generate(prompts, spec, desc=desc)
 
+    @property
+    def model(self):
+        """The trainer's module (full weights only between sync() and release())."""
+        return self._backend.model
+
+    @property
+    def processor(self):
+        return self._backend.processor
+
 
 class ColocatedVLLM:
     """A sleep-mode vLLM engine in the trainer's process, woken with fresh weights.
