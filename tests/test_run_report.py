@@ -7,12 +7,15 @@ import pytest
 from spark_core.evaluate import compare
 from spark_core.evaluate.report import epoch_figure, run_summary
 
-HIST = [{"eval/accuracy": 0.125, "eval/answer_prob": 0.1, "eval/judge_accuracy": 0.5, "eval/judge_answer_prob": 0.3, "eval/judge_accuracy/pointwise": 0.5,
+HIST = [{"eval/accuracy": 0.125, "eval/answer_prob": 0.1, "eval/judge_accuracy": 0.5, "eval/judge_answer_prob": 0.3,
+         "eval/judge_accuracy/pointwise": 0.5,
          "eval/judge_accuracy/pairwise": 0.5, "time/bootstrap": 12.0},
-        {"eval/accuracy": 0.25, "eval/answer_prob": 0.12, "eval/judge_accuracy": 0.625, "eval/judge_answer_prob": 0.35, "eval/judge_accuracy/pointwise": 0.75,
+        {"eval/accuracy": 0.25, "eval/answer_prob": 0.12, "eval/judge_accuracy": 0.625, "eval/judge_answer_prob": 0.35,
+         "eval/judge_accuracy/pointwise": 0.75,
          "eval/judge_accuracy/pairwise": 0.375, "policy/reward_mean": 0.2, "recycled/reward_mean": 0.4,
          "time/update_policy": 30.5},
-        {"eval/accuracy": 0.375, "eval/answer_prob": 0.15, "eval/judge_accuracy": 0.7, "eval/judge_answer_prob": 0.4, "eval/judge_accuracy/pointwise": 0.8,
+        {"eval/accuracy": 0.375, "eval/answer_prob": 0.15, "eval/judge_accuracy": 0.7, "eval/judge_answer_prob": 0.4,
+         "eval/judge_accuracy/pointwise": 0.8,
          "eval/judge_accuracy/pairwise": 0.5, "policy/reward_mean": 0.3, "recycled/reward_mean": 0.45,
          "time/update_policy": 29.25}]
 

@@ -67,7 +67,7 @@ def evaluate(cfg, backend, eval_prompts: list[dict], judge_prompts: list[dict]
     judge = greedy_results(backend, judge_prompts, cfg.eval.max_new_tokens, "judge", cfg.reward.timeout_s,
                            desc="eval:judge")
     metrics = {f"eval/{k}": v for k, v in summarize(solve, judge).items()}
-    n_lik = int(getattr(cfg.eval, "answer_likelihood_problems", 0) or 0)
+    n_lik = cfg.eval.answer_likelihood_problems
     if n_lik > 0 and eval_prompts and getattr(backend, "model", None) is not None:
         # only a backend that holds the HF model can score by teacher forcing (vLLM does not)
         from spark_core.evaluate.likelihood import true_answer_metrics

@@ -63,10 +63,6 @@ def encode_example(processor, row: dict, target: str) -> tuple[list[int], list[i
     """(prompt ids with the image's vision tokens, target ids + <|im_end|>) for teacher forcing."""
     from spark_core.model.tokenizer import SPECIAL_IDS
 
-    img = decode_image(row)
-    kwargs = {"text": [render_prompt(processor, row)], "return_tensors": "pt"}
-    if img is not None:
-        kwargs["images"] = [img]
-    prompt_ids = processor(**kwargs)["input_ids"][0].tolist()
+    prompt_ids = processor_inputs(processor, [row])["input_ids"][0].tolist()
     target_ids = processor.tokenizer.encode(target, add_special_tokens=False) + [SPECIAL_IDS["<|im_end|>"]]
     return prompt_ids, target_ids

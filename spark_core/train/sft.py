@@ -17,8 +17,7 @@ from tqdm.auto import tqdm
 from spark_core.config import SparkConfig
 from spark_core.model.loading import load_model, load_processor, save_checkpoint
 from spark_core.model.logprobs import build_batch, response_logprobs
-from spark_core.model.prompting import encode_example  # noqa: F401  (re-exported: callers import it from here)
-from spark_core.model.tokenizer import SPECIAL_IDS
+from spark_core.model.prompting import encode_example
 from spark_core.train.grpo import masked_mean
 
 
