@@ -49,18 +49,19 @@ import sys
 # +1 (all stages): synthetic_split, one embedding-init rule, sft_step; the unused
 # model.tiny.vision_out_hidden_size is gone (the vision merger's width is the text width); judge_draws
 # +1 (all stages): eval.answer_likelihood_problems (the held-out true answer's probability)
+# +1 (all stages): rollout.top_p 0.9 in the tiny default; the HF backend's top-p filter reads the nucleus off topk
 CACHE_VERSIONS = {
-    "data": "10",  # 4: ViRL39K forms in the loader
-    "base_model": "10",  # 4: vision ids in responses (log-prob pass)
-    "bootstrap": "12",  # 5: loader and log-prob changes
-    "judge_eval_set": "13",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: explicit sampling knobs; 9: wrong answers verified
-    "select_prompts": "10",  # 4: ViRL39K forms in the loader
-    "rollout": "10",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
-    "reward": "10",
-    "recycle": "11",
-    "update": "14",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: issue 9 trainer; 7: GRPOTrainer; 9: full_weights context; 13: TORCH_CUDA_ARCH_LIST made readable for fused Adam
-    "evaluate": "12",  # 12: eval/judge_answer_prob; 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
-    "segment": "13",  # 13: teacher-forced eval metrics in segments; 12: eval/judge_answer_prob; 10: TORCH_CUDA_ARCH_LIST made readable for fused Adam; 6: its own image with vLLM and DeepSpeed; 5: HF colocated engine gathers ZeRO-3 weights while it generates
+    "data": "11",  # 4: ViRL39K forms in the loader
+    "base_model": "11",  # 4: vision ids in responses (log-prob pass)
+    "bootstrap": "13",  # 5: loader and log-prob changes
+    "judge_eval_set": "14",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: explicit sampling knobs; 9: wrong answers verified
+    "select_prompts": "11",  # 4: ViRL39K forms in the loader
+    "rollout": "11",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
+    "reward": "11",
+    "recycle": "12",
+    "update": "15",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: issue 9 trainer; 7: GRPOTrainer; 9: full_weights context; 13: TORCH_CUDA_ARCH_LIST made readable for fused Adam
+    "evaluate": "13",  # 12: eval/judge_answer_prob; 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
+    "segment": "14",  # 13: teacher-forced eval metrics in segments; 12: eval/judge_answer_prob; 10: TORCH_CUDA_ARCH_LIST made readable for fused Adam; 6: its own image with vLLM and DeepSpeed; 5: HF colocated engine gathers ZeRO-3 weights while it generates
 }
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

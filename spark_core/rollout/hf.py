@@ -42,6 +42,40 @@ def generation_config(spec: SamplingSpec):
     return GenerationConfig(**values)
 
 
+class NucleusFilter:
+    """Top-p (nucleus) filtering that finds the nucleus with `topk` instead of a sort.
+
+    transformers' TopPLogitsWarper sorts every row's whole 152k-entry vocabulary at every
+    decoding step, which on CPU costs about as much as the tiny model's forward pass. The
+    nucleus is the same set: the tokens, most likely first, whose likelier tokens hold
+    less than `top_p` of the mass (the likeliest is always kept). It is read off each
+    row's `k` likeliest tokens; a row whose `k` likeliest hold less than `top_p` takes
+    transformers' own sort, so only float rounding at the nucleus edge can differ.
+
+    It runs among the custom processors, before transformers' temperature warper, so it
+    applies the temperature itself when choosing the nucleus (masked logits stay -inf
+    after the warper divides them)."""
+
+    def __init__(self, top_p: float, temperature: float = 1.0, k: int = 256):
+        if not 0.0 < float(top_p) <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        self.top_p, self.temperature, self.k = float(top_p), float(temperature), int(k)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scaled = scores.float() / self.temperature
+        probs = torch.softmax(scaled, dim=-1)
+        vals, idx = probs.topk(min(self.k, probs.shape[-1]), dim=-1)  # descending
+        keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, idx, (vals.cumsum(-1) - vals) < self.top_p)
+        wide = vals.sum(-1) < self.top_p  # rows whose nucleus holds more than k tokens
+        if bool(wide.any()):
+            # transformers' own rule: drop the least likely tokens holding at most 1 - top_p
+            low, order = torch.sort(scaled[wide], descending=False)
+            drop = low.softmax(dim=-1).cumsum(dim=-1) <= (1 - self.top_p)
+            drop[..., -1] = False
+            keep[wide] = ~drop.scatter(-1, order, drop)
+        return scores.masked_fill(~keep, float("-inf"))
+
+
 @contextlib.contextmanager
 def _no_checkpoint_generation_defaults(model):
     """Hide the checkpoint's generation_config while generating, so none of its values
@@ -79,8 +113,14 @@ class HFBackend:
         tok = self.processor.tokenizer
         tok.padding_side = "left"
         inputs = processor_inputs(self.processor, rows).to(self.device)
+        gen = generation_config(spec)
+        extra = []
+        if gen.do_sample and gen.top_p is not None and gen.top_p < 1.0:
+            # the same nucleus without sorting the vocabulary at every step
+            extra.append(NucleusFilter(gen.top_p, gen.temperature))
+            gen.top_p = 1.0
         with _no_checkpoint_generation_defaults(self.model):
-            out = self.model.generate(**inputs, generation_config=generation_config(spec))
+            out = self.model.generate(**inputs, generation_config=gen, logits_processor=extra or None)
         P = inputs["input_ids"].shape[1]
         prompt_ids, response_ids, finish = [], [], []
         for j in range(out.shape[0]):
