@@ -49,7 +49,7 @@ import sys
 # +1 (all stages): synthetic_split, one embedding-init rule, sft_step; the unused
 # model.tiny.vision_out_hidden_size is gone (the vision merger's width is the text width); judge_draws
 # +1 (all stages): eval.answer_likelihood_problems (the held-out true answer's probability)
-# +1 (all stages): rollout.top_p 0.9 in the tiny default; the HF backend's top-p filter reads the nucleus off topk
+# +1 (all stages): rollout.top_p documented and explicit in the GPU presets; the HF backend's top-p filter reads the nucleus off topk
 CACHE_VERSIONS = {
     "data": "11",  # 4: ViRL39K forms in the loader
     "base_model": "11",  # 4: vision ids in responses (log-prob pass)
