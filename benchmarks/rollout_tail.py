@@ -32,8 +32,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
-from spark_core.rollout.hf import NucleusFilter as NUCLEUS  # noqa: E402
-
 WELL_FORMED = {"solve": r"\\boxed\{-?\d+\}", "judge": r"\\boxed\{(Yes|No|A|B)\}"}
 
 
@@ -62,7 +60,7 @@ def measure(cfg, start: str, rows: dict[str, list[dict]], top_ps: list[float], s
     runs = [(p, "topk") for p in top_ps] + ([(p, "sort") for p in top_ps if p < 1.0] if sort_filter else [])
     out = []
     for top_p, how in runs:
-        hf.NucleusFilter = SortFilter if how == "sort" else NUCLEUS
+        backend.top_p_filter = SortFilter if how == "sort" else hf.NucleusFilter
         for kind, prompts in rows.items():
             spec = SamplingSpec(n=cfg.rollout.n_samples, temperature=1.0, top_p=top_p,
                                 max_new_tokens=cfg.rollout.max_new_tokens, seed=seed)
@@ -77,7 +75,6 @@ def measure(cfg, start: str, rows: dict[str, list[dict]], top_ps: list[float], s
                         "well_formed": formed / len(samples),
                         "reward": sum(sc["reward"] for sc in scores) / len(scores), "seconds": secs})
             print(json.dumps(out[-1]), flush=True)
-    hf.NucleusFilter = NUCLEUS
     return out
 
 

@@ -49,8 +49,9 @@ class NucleusFilter:
     decoding step, which on CPU costs about as much as the tiny model's forward pass. The
     nucleus is the same set: the tokens, most likely first, whose likelier tokens hold
     less than `top_p` of the mass (the likeliest is always kept). It is read off each
-    row's `k` likeliest tokens; a row whose `k` likeliest hold less than `top_p` takes
-    transformers' own sort, so only float rounding at the nucleus edge can differ.
+    row's `k` likeliest tokens; a row whose `k` likeliest hold less than `top_p` goes
+    through transformers' own TopPLogitsWarper, so only float rounding at the nucleus edge
+    can differ.
 
     It runs among the custom processors, before transformers' temperature warper, so it
     applies the temperature itself when choosing the nucleus (masked logits stay -inf
@@ -68,11 +69,10 @@ class NucleusFilter:
         keep = torch.zeros_like(probs, dtype=torch.bool).scatter_(-1, idx, (vals.cumsum(-1) - vals) < self.top_p)
         wide = vals.sum(-1) < self.top_p  # rows whose nucleus holds more than k tokens
         if bool(wide.any()):
-            # transformers' own rule: drop the least likely tokens holding at most 1 - top_p
-            low, order = torch.sort(scaled[wide], descending=False)
-            drop = low.softmax(dim=-1).cumsum(dim=-1) <= (1 - self.top_p)
-            drop[..., -1] = False
-            keep[wide] = ~drop.scatter(-1, order, drop)
+            from transformers import TopPLogitsWarper
+
+            rows = None if input_ids is None else input_ids[wide]
+            keep[wide] = ~torch.isinf(TopPLogitsWarper(self.top_p)(rows, scaled[wide]))
         return scores.masked_fill(~keep, float("-inf"))
 
 
@@ -91,6 +91,9 @@ def _no_checkpoint_generation_defaults(model):
 
 
 class HFBackend:
+    # how top_p < 1 is applied: a callable (top_p, temperature) -> logits processor
+    top_p_filter = NucleusFilter
+
     def __init__(self, model_dir: str, cfg: ModelConfig, device: str | None = None, prompts_per_chunk: int = 8,
                  model=None, processor=None):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -117,7 +120,7 @@ class HFBackend:
         extra = []
         if gen.do_sample and gen.top_p is not None and gen.top_p < 1.0:
             # the same nucleus without sorting the vocabulary at every step
-            extra.append(NucleusFilter(gen.top_p, gen.temperature))
+            extra.append(self.top_p_filter(gen.top_p, gen.temperature))
             gen.top_p = 1.0
         with _no_checkpoint_generation_defaults(self.model):
             out = self.model.generate(**inputs, generation_config=gen, logits_processor=extra or None)
