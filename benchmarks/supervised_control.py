@@ -1,18 +1,23 @@
 """How much held-out accuracy can N training problems buy? A supervised upper reference.
 
     python benchmarks/supervised_control.py [--start CHECKPOINT | --carry] [--lr 1e-4 5e-4] \\
-        [--prompts 64 256 1024 2048] [--noise 1e-4 1e-3]
+        [--prompts 64 256 1024 2048] [--schedule constant|anneal] [--noise 1e-4 1e-3] [--set key=value]
 
 Continues the warm-started model with supervised steps on the training problems the
 RL epochs would draw (in the same order), with their TRUE answers as targets, and
 prints greedy held-out accuracy after each count of problems. GRPO sees the same
-problems with a 0/1 reward on G samples instead of the answer, so it learns at most
-this much from them: when N labelled problems do not raise held-out accuracy by 10
-points, N problems of RL will not either. Steps use the trainer's optimizer settings
+problems with a 0/1 reward on G samples instead of the answer. Those rewards are a
+function of the answer, so they tell the update no more about a problem than its answer
+does: when N labelled problems do not raise held-out accuracy by 10 points, N problems
+of RL are not expected to either (an information bound, not a law of optimizers; no RL
+setting measured on this model has beaten it). Steps use the trainer's optimizer settings
 (AdamW with `train.adam_betas`, gradient norm clipped at 1, constant lr, a fresh
 optimizer state as every RL run starts with) and batches of 32. `--carry` continues the
 warm start's own AdamW state instead (moments, step count and betas), so the first
-steps are not those of a fresh optimizer. `--noise` adds a control that takes no step:
+steps are not those of a fresh optimizer. `--schedule anneal` gives each count of
+problems its own run, warmed up to the rate and decayed over its steps as the warm start
+is: the strongest use of N labels measured here, hence the fewest problems any update
+needs for a given gain. `--noise` adds a control that takes no step:
 held-out accuracy after adding N(0, sigma^2) to every weight (two draws each), which
 tells a model on a knife edge from one that only moves when pushed in a direction.
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -33,10 +39,35 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 BATCH = 32
 
 
+def annealed(step: int, steps: int) -> float:
+    """lr multiplier at `step` (from 0) of an annealed run of `steps` steps: linear warm-up
+    over its first tenth, then a linear decay whose last step is at 1/(steps - warm-up + 1)
+    of the peak (the warm start's own shape)."""
+    warm = max(1, round(0.1 * steps))
+    if step < warm:
+        return (step + 1) / warm
+    return max(0.0, 1.0 - (step - warm + 1) / max(1, steps - warm + 1))
+
+
 def control(cfg, start: str, train_rows: list[dict], eval_rows: list[dict], lr: float, counts: list[int],
-            workdir: str, batch: int = BATCH, optimizer_state: str = "") -> list[dict]:
+            workdir: str, batch: int = BATCH, optimizer_state: str = "", schedule: str = "constant") -> list[dict]:
     """Held-out accuracy after supervised steps on the first n of `train_rows`, n in `counts`;
-    `optimizer_state`: a saved AdamW state to continue (default: a fresh one)."""
+    `optimizer_state`: a saved AdamW state to continue (default: a fresh one).
+
+    schedule "constant": one run at `lr`, scored after each n. "anneal": for each n its own
+    run from `start`, warmed up to `lr` and decayed to 0 over its own steps, so every count
+    ends annealed, as the warm start does (the strongest use of n labels tried here)."""
+    if schedule == "anneal":
+        return [r for n in sorted(set(counts))
+                for r in _control_run(cfg, start, train_rows, eval_rows, lr, [n], workdir, batch,
+                                      optimizer_state, anneal_steps=math.ceil(n / batch))]
+    if schedule != "constant":
+        raise ValueError(f"schedule {schedule!r}: 'constant' or 'anneal'")
+    return _control_run(cfg, start, train_rows, eval_rows, lr, counts, workdir, batch, optimizer_state)
+
+
+def _control_run(cfg, start: str, train_rows: list[dict], eval_rows: list[dict], lr: float, counts: list[int],
+                 workdir: str, batch: int, optimizer_state: str, anneal_steps: int = 0) -> list[dict]:
     import torch
 
     from benchmarks.learning_sweep import evaluate
@@ -58,16 +89,21 @@ def control(cfg, start: str, train_rows: list[dict], eval_rows: list[dict], lr: 
     done, losses, out = 0, [], []
     for n in sorted(set(counts)):
         while done < n:
+            if anneal_steps:
+                for g in opt.param_groups:
+                    g["lr"] = lr * annealed(len(losses), anneal_steps)
             rows = train_rows[done : min(n, done + batch)]
             chunk = [(r, *encode_example(processor, r, worked_solution(r, brief=brief))) for r in rows]
             losses.append(sft_step(model, processor, chunk, opt))
             done += len(rows)
-        ckpt = os.path.join(workdir, f"lr{lr:g}-n{n}" + ("-carried" if optimizer_state else ""))
+        ckpt = os.path.join(workdir, f"lr{lr:g}-n{n}" + ("-carried" if optimizer_state else "")
+                            + ("-annealed" if anneal_steps else ""))
         model.eval()
         save_checkpoint(model, processor, ckpt)
         model.train()
         acc = evaluate(cfg, ckpt, eval_rows, [])["accuracy"] if n else float("nan")
-        out.append({"lr": lr, "optimizer": "warm start's" if optimizer_state else "fresh", "prompts": n,
+        out.append({"lr": lr, "optimizer": "warm start's" if optimizer_state else "fresh",
+                    "schedule": "anneal" if anneal_steps else "constant", "prompts": n,
                     "steps": len(losses), "accuracy": acc,
                     "loss_first": losses[0] if losses else float("nan"),
                     "loss_last": losses[-1] if losses else float("nan")})
@@ -101,36 +137,43 @@ def main(argv=None) -> int:
     ap.add_argument("--prompts", type=int, nargs="+", default=[64, 256, 1024, 2048])
     ap.add_argument("--carry", action="store_true",
                     help="continue the warm start's AdamW state (warm-starts here; not with --start)")
+    ap.add_argument("--schedule", choices=["constant", "anneal"], default="constant",
+                    help="constant lr, or for each count its own run warmed up to lr and decayed to 0")
+    ap.add_argument("--optimizer-state", default="",
+                    help="with --start: that checkpoint's saved AdamW state, to continue as --carry does")
+    ap.add_argument("--set", action="append", default=[], help="dotted.key=value (config override), any number")
     ap.add_argument("--noise", type=float, nargs="*", default=[],
                     help="also score the start with N(0, sigma^2) added to every weight, for each sigma")
     a = ap.parse_args(argv)
     if a.carry and a.start:
-        ap.error("--carry needs the warm start's optimizer state: leave out --start")
+        ap.error("--carry needs the warm start's optimizer state: leave out --start, or give --optimizer-state")
+    if a.optimizer_state and not (a.start and os.path.isfile(a.optimizer_state)):
+        ap.error(f"--optimizer-state {a.optimizer_state!r}: needs --start and an existing file")
 
-    from benchmarks.learning_sweep import evaluate, warm_start
+    from benchmarks.learning_sweep import _value, evaluate, warm_start
     from spark_core.config import load_config
     from spark_core.data.batches import epoch_indices
     from spark_core.data.synthetic import synthetic_split
 
-    cfg = load_config("tiny-cpu", "{}")
+    cfg = load_config("tiny-cpu", json.dumps({k: _value(v) for k, v in (s.split("=", 1) for s in a.set)}))
     train = synthetic_split(cfg.data, "train")
     eval_rows = synthetic_split(cfg.data, "eval")
     # the problems RL epochs 0, 1, 2, ... draw, in that order
     order = [train[i] for i in epoch_indices(len(train), 0, max(a.prompts), cfg.seed)]
     with tempfile.TemporaryDirectory(prefix="spark-supervised-control-") as wd:
-        state = os.path.join(wd, "warm_start_optimizer.pt") if a.carry else ""
+        state = a.optimizer_state or (os.path.join(wd, "warm_start_optimizer.pt") if a.carry else "")
         start = a.start or warm_start(cfg, train, wd, optimizer_out=state)
         base = evaluate(cfg, start, eval_rows, [])["accuracy"]
         results = [r for lr in a.lr for r in control(cfg, start, order, eval_rows, lr, a.prompts, wd,
-                                                     optimizer_state=state)]
+                                                     optimizer_state=state, schedule=a.schedule)]
         noise = [perturbed(cfg, start, eval_rows, sigma, seed, wd) for sigma in a.noise for seed in (0, 1)]
     print(f"\nSupervised steps (batch {BATCH}, true answers) on the problems RL would draw; greedy accuracy "
           f"on {len(eval_rows)} held-out problems. Starting model: {base:.3f}.\n")
-    print("| lr | optimizer | problems | steps | held-out acc | change |")
-    print("|---|---|---|---|---|---|")
+    print("| lr | optimizer | schedule | problems | steps | held-out acc | change |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['lr']:g} | {r['optimizer']} | {r['prompts']} | {r['steps']} | {r['accuracy']:.3f} "
-              f"| {r['accuracy'] - base:+.3f} |")
+        print(f"| {r['lr']:g} | {r['optimizer']} | {r['schedule']} | {r['prompts']} | {r['steps']} "
+              f"| {r['accuracy']:.3f} | {r['accuracy'] - base:+.3f} |")
     if noise:
         print("\nNo step: N(0, sigma^2) added to every weight of the starting model.\n")
         print("| sigma | draw | held-out acc | change |")

@@ -83,3 +83,40 @@ def test_noise_control_perturbs_every_weight_and_zero_noise_is_the_start(tiny_di
     w0, w1 = safetensors_weights(tiny_dir), safetensors_weights(str(tmp_path / "noise0.01-1"))
     diffs = {k: (w1[k] - w0[k]).std().item() for k in w0 if w0[k].is_floating_point() and w0[k].numel() > 100}
     assert diffs and all(abs(d - 0.01) < 0.002 for d in diffs.values()), diffs
+
+
+def test_annealed_schedule_warms_up_then_decays():
+    assert supervised_control.annealed(0, 1) == 1.0
+    ramp = [supervised_control.annealed(s, 20) for s in range(20)]
+    assert ramp[:2] == [0.5, 1.0]  # two warm-up steps
+    assert all(a > b > 0 for a, b in zip(ramp[1:], ramp[2:]))
+    assert ramp[-1] == pytest.approx(1 / 19)
+
+
+def test_annealed_control_runs_each_count_from_the_start(tiny_dir, tmp_path):
+    """schedule="anneal": each count is its own run from the start, warmed up and decayed over
+    its own steps, so a one-step run is a constant-lr step and a two-step run's second step
+    is at half the rate."""
+    from spark_core.config import load_config
+    from spark_core.data import generate
+
+    cfg = load_config("tiny-cpu", json.dumps({"eval.max_new_tokens": 4}))
+    rows = generate(8, seed=3)
+    ev = generate(2, seed=4, id_prefix="ev")
+    ann = supervised_control.control(cfg, tiny_dir, rows, ev, 1e-3, [4, 8], str(tmp_path / "a"), batch=4,
+                                     schedule="anneal")
+    const = supervised_control.control(cfg, tiny_dir, rows, ev, 1e-3, [4, 8], str(tmp_path / "c"), batch=4)
+    assert [(r["prompts"], r["steps"], r["schedule"]) for r in ann] == [(4, 1, "anneal"), (8, 2, "anneal")]
+    assert [r["schedule"] for r in const] == ["constant", "constant"]
+    # every annealed count starts from the start's loss on the same first batch
+    assert ann[0]["loss_first"] == pytest.approx(ann[1]["loss_first"])
+    wa4 = safetensors_weights(str(tmp_path / "a" / "lr0.001-n4-annealed"))
+    wc4 = safetensors_weights(str(tmp_path / "c" / "lr0.001-n4"))
+    wa8 = safetensors_weights(str(tmp_path / "a" / "lr0.001-n8-annealed"))
+    wc8 = safetensors_weights(str(tmp_path / "c" / "lr0.001-n8"))
+    name = next(k for k in wa4 if k.endswith("q_proj.weight"))
+    assert (wa4[name] - wc4[name]).abs().max().item() < 1e-6  # one step: warm-up ends at step 1
+    assert (wa8[name] - wc8[name]).abs().max().item() > 1e-5  # second step at half the rate
+    with pytest.raises(ValueError, match="schedule"):
+        supervised_control.control(cfg, tiny_dir, rows, ev, 1e-3, [4], str(tmp_path / "x"), batch=4,
+                                   schedule="cosine")
