@@ -101,10 +101,11 @@ def _control_run(cfg, start: str, train_rows: list[dict], eval_rows: list[dict],
         model.eval()
         save_checkpoint(model, processor, ckpt)
         model.train()
-        acc = evaluate(cfg, ckpt, eval_rows, [])["accuracy"] if n else float("nan")
+        m = evaluate(cfg, ckpt, eval_rows, []) if n else {}
         out.append({"lr": lr, "optimizer": "warm start's" if optimizer_state else "fresh",
                     "schedule": "anneal" if anneal_steps else "constant", "prompts": n,
-                    "steps": len(losses), "accuracy": acc,
+                    "steps": len(losses), "accuracy": m.get("accuracy", float("nan")),
+                    "answer_prob": m.get("answer_prob", float("nan")),
                     "loss_first": losses[0] if losses else float("nan"),
                     "loss_last": losses[-1] if losses else float("nan")})
         print(json.dumps(out[-1]), flush=True)
@@ -163,17 +164,19 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="spark-supervised-control-") as wd:
         state = a.optimizer_state or (os.path.join(wd, "warm_start_optimizer.pt") if a.carry else "")
         start = a.start or warm_start(cfg, train, wd, optimizer_out=state)
-        base = evaluate(cfg, start, eval_rows, [])["accuracy"]
+        base_m = evaluate(cfg, start, eval_rows, [])
+        base, base_p = base_m["accuracy"], base_m.get("answer_prob", float("nan"))
         results = [r for lr in a.lr for r in control(cfg, start, order, eval_rows, lr, a.prompts, wd,
                                                      optimizer_state=state, schedule=a.schedule)]
         noise = [perturbed(cfg, start, eval_rows, sigma, seed, wd) for sigma in a.noise for seed in (0, 1)]
     print(f"\nSupervised steps (batch {BATCH}, true answers) on the problems RL would draw; greedy accuracy "
-          f"on {len(eval_rows)} held-out problems. Starting model: {base:.3f}.\n")
-    print("| lr | optimizer | schedule | problems | steps | held-out acc | change |")
-    print("|---|---|---|---|---|---|---|")
+          f"on {len(eval_rows)} held-out problems, and p(answer), the true answer's mean probability "
+          f"(`eval.answer_likelihood_problems` of them). Starting model: {base:.3f}, p(answer) {base_p:.3f}.\n")
+    print("| lr | optimizer | schedule | problems | steps | held-out acc | change | p(answer) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['lr']:g} | {r['optimizer']} | {r['schedule']} | {r['prompts']} | {r['steps']} "
-              f"| {r['accuracy']:.3f} | {r['accuracy'] - base:+.3f} |")
+              f"| {r['accuracy']:.3f} | {r['accuracy'] - base:+.3f} | {r['answer_prob']:.3f} |")
     if noise:
         print("\nNo step: N(0, sigma^2) added to every weight of the starting model.\n")
         print("| sigma | draw | held-out acc | change |")

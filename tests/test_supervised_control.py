@@ -32,6 +32,7 @@ def test_supervised_steps_learn_the_given_answers(tiny_dir, tmp_path):
     assert [(r["prompts"], r["steps"]) for r in out] == [(4, 1), (8, 2)]
     assert out[1]["loss_last"] < out[0]["loss_first"]
     assert all(0.0 <= r["accuracy"] <= 1.0 and not math.isnan(r["accuracy"]) for r in out)
+    assert all(0.0 < r["answer_prob"] <= 1.0 for r in out)  # the run's own p(answer) measure
     assert sorted(os.listdir(tmp_path)) == ["lr0.001-n4", "lr0.001-n8"]
     with pytest.raises(ValueError, match="problems"):
         supervised_control.control(cfg, tiny_dir, rows, rows, 1e-3, [5], str(tmp_path), batch=4)
