@@ -15,8 +15,8 @@ setting measured on this model has beaten it). Steps use the trainer's optimizer
 optimizer state as every RL run starts with) and batches of 32. `--carry` continues the
 warm start's own AdamW state instead (moments, step count and betas), so the first
 steps are not those of a fresh optimizer. `--schedule anneal` gives each count of
-problems its own run, warmed up to the rate and decayed over its steps as the warm start
-is: the strongest use of N labels measured here, hence the fewest problems any update
+problems its own run, warmed up to the rate and decayed over its steps much as the warm
+start is (`annealed`): the strongest use of N labels measured here, hence the fewest problems any update
 needs for a given gain. `--noise` adds a control that takes no step:
 held-out accuracy after adding N(0, sigma^2) to every weight (two draws each), which
 tells a model on a knife edge from one that only moves when pushed in a direction.
@@ -42,7 +42,8 @@ BATCH = 32
 def annealed(step: int, steps: int) -> float:
     """lr multiplier at `step` (from 0) of an annealed run of `steps` steps: linear warm-up
     over its first tenth, then a linear decay whose last step is at 1/(steps - warm-up + 1)
-    of the peak (the warm start's own shape)."""
+    of the peak. Close to the warm start's schedule (`run_bootstrap`: 20 warm-up steps of
+    200, then linear decay to a floor of 5%), but ending nearer zero."""
     warm = max(1, round(0.1 * steps))
     if step < warm:
         return (step + 1) / warm
