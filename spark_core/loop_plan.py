@@ -10,7 +10,7 @@ dynamic workflow gets more than MAX_NODES_PER_DYNAMIC nodes.
 
 from __future__ import annotations
 
-from spark_core.config import SparkConfig, eval_due
+from spark_core.config import SparkConfig
 
 MAX_NODES_PER_DYNAMIC = 200
 # nodes a block's dynamic creates: per epoch in "dag" mode (select, rollout, reward,
@@ -51,8 +51,3 @@ def blocks(cfg: SparkConfig) -> list[tuple[int, int]]:
     """(first epoch, epochs) of each block of the run."""
     size = block_epochs(cfg)
     return [(b, min(size, cfg.epochs - b)) for b in range(0, cfg.epochs, size)]
-
-
-def evaluates_at(cfg: SparkConfig, epoch: int) -> bool:
-    """Whether the loop evaluates after epoch `epoch` (0-based): every eval.every epochs and the last."""
-    return eval_due(cfg, epoch + 1)

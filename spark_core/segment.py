@@ -40,10 +40,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spark_core import schemas
-from spark_core.config import SparkConfig, trained_passes
+from spark_core.config import SparkConfig, eval_due, trained_passes
 from spark_core.data.batches import select_prompts
 from spark_core.evaluate.core import evaluate
-from spark_core.loop_plan import evaluates_at
 from spark_core.recycle.stage import queue as fifo
 from spark_core.recycle.stage import recycle
 from spark_core.reward.stage import score as score_rows
@@ -306,7 +305,7 @@ def run_segment(cfg: SparkConfig, *, make_trainer: Callable[[str | None], Any], 
             merged.update(rrm)
             if "recycled" in passes:
                 merged.update(update(batch, rscored, "recycled", e))
-        if evaluates_at(cfg, e):
+        if eval_due(cfg, e + 1):  # after e + 1 epochs
             t = time.time()
             engine.sync(trainer)
             results, em = evaluate(cfg, gen, eval_prompts, judge_prompts)

@@ -154,11 +154,3 @@ def run_info(run_id: str) -> dict[str, str]:
     exp = client.get_experiment(run.info.experiment_id)
     return {"run_id": run_id, "run_name": run.info.run_name or "", "experiment": exp.name,
             "tracking_uri": tracking_uri(), "rerun_of": run.data.tags.get(RERUN_TAG, "")}
-
-
-def run_history(run_id: str) -> dict[str, list[tuple[int, float]]]:
-    """Every metric of a run as (step, value) lists, for plots and reports."""
-    mlflow = _mlflow()
-    client = mlflow.MlflowClient()
-    run = client.get_run(run_id)
-    return {k: [(m.step, m.value) for m in client.get_metric_history(run_id, k)] for k in run.data.metrics}

@@ -86,8 +86,8 @@ def coevolve_block(config_json: str, run_id: str, start: Checkpoint, policy: Che
                    n_epochs: int) -> BlockOutput:
     """Epochs first_epoch .. first_epoch + n_epochs - 1, as fine-grained stage nodes
     (loop.mode "dag") or as segments of loop.segment_steps epochs (mode "segment")."""
-    from spark_core.config import SparkConfig, trained_passes
-    from spark_core.loop_plan import evaluates_at, segments
+    from spark_core.config import SparkConfig, eval_due, trained_passes
+    from spark_core.loop_plan import segments
 
     cfg = SparkConfig.from_json(config_json)
     if cfg.loop.mode == "segment":
@@ -130,7 +130,7 @@ def coevolve_block(config_json: str, run_id: str, start: Checkpoint, policy: Che
                     name=f"update-recycled-e{e}")
                 policy, state = up.policy, up.state
                 metrics.append(up.metrics)
-        if evaluates_at(cfg, e):
+        if eval_due(cfg, e + 1):  # after e + 1 epochs
             _, em = evaluate_policy(config_json=config_json, policy=policy, eval_prompts=eval_prompts,
                                     judge_prompts=judge_prompts, epoch=e + 1).with_overrides(name=f"eval-e{e + 1}")
             metrics.append(em)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 
-from spark_core import schemas
 from spark_core.reward import score_batch
 from spark_core.rollout.base import SamplingSpec
 
@@ -47,10 +46,6 @@ def summarize(solve: list[dict], judge: list[dict]) -> dict[str, float]:
             m[f"judge_accuracy/{k}"] = v
         m["judge_accuracy"] = sum(r["correct"] for r in judge) / len(judge)
     return m
-
-
-def results_table(rows: list[dict]):
-    return schemas.table(rows, schemas.EVAL_RESULTS)
 
 
 def evaluate(cfg, backend, eval_prompts: list[dict], judge_prompts: list[dict]
