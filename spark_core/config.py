@@ -110,6 +110,12 @@ class RolloutConfig:
     max_new_tokens: int = 16
     n_shards: int = 2  # map_task shards over prompts
     gpu_memory_utilization: float = 0.5
+    # The vLLM engine of a segment (loop.mode "segment") shares each GPU with the trainer,
+    # which is built first: vLLM refuses to start unless this share of the card is still
+    # free, so it must leave room for the trainer's weights, ZeRO shards, Adam moments and
+    # reference model, unlike `gpu_memory_utilization` of a rollout pod that has the GPU to
+    # itself. Checked at config time (spark_core/memory_budget.py, docs/cluster.md).
+    colocated_gpu_memory_utilization: float = 0.3
     tensor_parallel_size: int = 1
 
 
@@ -338,6 +344,9 @@ def _gpu_preset(name: str, *, gpus: int, nnodes: int, max_new_tokens: int, rollo
     cfg.eval = EvalConfig(max_new_tokens=2048, every=20, answer_likelihood_problems=0)
     # 16 steps a segment: the smallest K at or under 20% overhead in benchmarks/run_cost.py
     cfg.loop = LoopConfig(mode="segment", segment_steps=16)
+    # 7B on 80 GB: the ZeRO-3 trainer holds ~26 GiB per GPU, so the engine may take up to
+    # 0.67 of the card and needs 0.33 (weights, overhead, one 128k-token sequence of KV)
+    cfg.rollout.colocated_gpu_memory_utilization = 0.45
     per_node = gpus // nnodes
     update = StageResources(cpu="96", mem="1600Gi", gpu=per_node, accelerator="nvidia-h100",
                             nnodes=nnodes, nproc_per_node=per_node)
@@ -359,7 +368,12 @@ def preset(name: str = "tiny-cpu") -> SparkConfig:
         return _gpu_preset(name, gpus=8, nnodes=1, max_new_tokens=768, rollout_gpus=8)
     if name == "32b-16xh100":
         # 32B bf16 weights (~65 GB) leave too little KV cache on one 80 GB GPU: TP 2
-        return _gpu_preset(name, gpus=16, nnodes=2, max_new_tokens=1024, rollout_gpus=8, rollout_tp=2)
+        cfg = _gpu_preset(name, gpus=16, nnodes=2, max_new_tokens=1024, rollout_gpus=8, rollout_tp=2)
+        # no colocated segment: the ZeRO-3 trainer holds ~46 GiB of each 80 GB GPU, and a
+        # TP-2 engine needs ~51 GiB beside it (spark_core/memory_budget.py), so the rollouts
+        # keep GPUs of their own
+        cfg.loop = LoopConfig(mode="dag", segment_steps=16)
+        return cfg
     raise KeyError(f"unknown preset {name!r}; choose from {PRESETS}")
 
 
@@ -375,6 +389,9 @@ def load_config(preset_name: str = "tiny-cpu", overrides_json: str = "") -> Spar
             raise ValueError("overrides must be a JSON object of dotted keys")
         cfg = cfg.with_overrides(overrides)
     validate_train_batch(cfg.train, update_world_size(cfg))
+    from spark_core.memory_budget import check_colocated
+
+    check_colocated(cfg)
     return cfg
 
 

@@ -36,19 +36,54 @@ def test_weight_names_match_the_checkpoint(tiny_dir):
     assert hf_weight_name("model.visual.merger.mlp.0.weight") == "visual.merger.mlp.0.weight"
 
 
+# the names vLLM's Qwen2.5-VL model gives the parameters of the checkpoint names below
+_VLLM_NAMES = {"model.embed_tokens.weight": "language_model.model.embed_tokens.weight",
+               "visual.blocks.0.attn.qkv.weight": "visual.blocks.0.attn.qkv.weight",
+               "lm_head.weight": "language_model.lm_head.weight"}
+
+
+class FakeModel(torch.nn.Module):
+    """The engine's model: its parameters under vLLM's names; load_weights maps the
+    checkpoint names, consumes the stream and returns the set of names it loaded."""
+
+    def __init__(self, llm):
+        super().__init__()
+        self.llm = llm
+        self.params = torch.nn.ParameterDict({n.replace(".", "__"): torch.nn.Parameter(torch.ones(1))
+                                              for n in _VLLM_NAMES.values()})
+
+    def named_parameters(self, *args, **kwargs):
+        for key, p in self.params.items():
+            yield key.replace("__", "."), p
+
+    def load_weights(self, weights):
+        self.llm.calls.append("load_weights")
+        self.llm.grad_enabled_in_load.append(torch.is_grad_enabled())
+        loaded = set()
+        for name, tensor in weights:  # consumes the generator, as vLLM does
+            self.llm.loaded.append(name)
+            target = _VLLM_NAMES[name]
+            self.params[target.replace(".", "__")].copy_(tensor)  # raises under autograd: a leaf that requires grad
+            loaded.add(target)
+        return loaded
+
+
 class FakeLLM:
-    """Records sleep/wake/load/generate calls in order, like vLLM's LLM surface."""
+    """Records sleep/wake/load/cache/generate calls in order, like vLLM's LLM surface."""
 
-    def __init__(self, **kwargs):
-        self.kwargs, self.calls, self.loaded = kwargs, [], []
-        model = SimpleNamespace(load_weights=self._load_weights)
-        runner = SimpleNamespace(model=model)
-        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(
-            driver_worker=SimpleNamespace(worker=SimpleNamespace(model_runner=runner))))
+    def __init__(self, calls, **kwargs):
+        self.kwargs, self.calls, self.loaded, self.grad_enabled_in_load = kwargs, calls, [], []
+        self.calls.append("LLM()")
+        self.model = FakeModel(self)
+        self.llm_engine = SimpleNamespace(reset_encoder_cache=lambda: self.calls.append("reset_encoder_cache"))
 
-    def _load_weights(self, weights):
-        self.calls.append("load_weights")
-        self.loaded.extend(name for name, _ in weights)  # consumes the generator, as vLLM does
+    def apply_model(self, fn):
+        self.calls.append("apply_model")
+        return [fn(self.model)]
+
+    def reset_prefix_cache(self):
+        self.calls.append("reset_prefix_cache")
+        return True
 
     def sleep(self, level=1):
         self.calls.append(f"sleep({level})")
@@ -78,19 +113,44 @@ class FakeTrainer:
             yield n, torch.zeros(1)
 
 
-def test_vllm_sleep_wake_and_weight_sync(tiny_dir):
-    from spark_core.data import generate
+@pytest.fixture
+def engine_calls(monkeypatch):
+    """One ordered record of the fake engine's calls and of the memory releases."""
+    from spark_core.rollout import colocated
 
-    cfg = SparkConfig()
+    calls = []
+    monkeypatch.setattr(colocated.gc, "collect", lambda: calls.append("gc.collect") or 0)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    return calls
+
+
+def _engine(tiny_dir, calls, cfg=None):
+    cfg = cfg or SparkConfig()
     made = {}
 
     def factory(**kw):
-        made["llm"] = FakeLLM(**kw)
+        made["llm"] = FakeLLM(calls, **kw)
         return made["llm"]
 
     eng = ColocatedVLLM(tiny_dir, cfg.model, cfg.rollout, llm_factory=factory, sampling_params=lambda **kw: kw)
-    llm = made["llm"]
+    return eng, made["llm"]
+
+
+FREE = ["gc.collect", "empty_cache"]
+LOAD = ["apply_model", "load_weights"]
+RESET = ["reset_prefix_cache", "reset_encoder_cache"]
+
+
+def test_vllm_sleep_wake_and_weight_sync(tiny_dir, engine_calls):
+    from spark_core.data import generate
+
+    cfg = SparkConfig()
+    cfg.rollout.gpu_memory_utilization, cfg.rollout.colocated_gpu_memory_utilization = 0.85, 0.4
+    eng, llm = _engine(tiny_dir, engine_calls, cfg)
     assert llm.kwargs["enable_sleep_mode"] is True and llm.kwargs["model"] == tiny_dir
+    # the engine's own budget, not a rollout pod's; no multimodal processor cache
+    assert llm.kwargs["gpu_memory_utilization"] == 0.4 and llm.kwargs["mm_processor_cache_gb"] == 0
+    assert engine_calls == FREE + ["LLM()"]  # cached memory returned before vLLM measures it
     trainer = FakeTrainer()
     eng.release()  # before the first update: weights offloaded, KV cache dropped
     eng.release()  # idempotent
@@ -98,12 +158,37 @@ def test_vllm_sleep_wake_and_weight_sync(tiny_dir):
     with pytest.raises(RuntimeError, match="asleep"):
         eng.generate(rows, SamplingSpec(n=2))
     eng.sync(trainer)
-    assert llm.calls == ["sleep(1)", "wake_up(weights)", "load_weights", "wake_up(kv_cache)"]
+    assert engine_calls[3:] == ["sleep(1)"] + FREE + ["wake_up(weights)"] + LOAD + FREE + ["wake_up(kv_cache)"] + RESET
     assert llm.loaded == ["model.embed_tokens.weight", "visual.blocks.0.attn.qkv.weight", "lm_head.weight"]
+    assert llm.grad_enabled_in_load == [False]
+    assert all(float(p.detach()) == 0.0 for _, p in llm.model.named_parameters())  # the trainer's zeros went in
     assert eng.synced_tensors == trainer.iterated == 3
     samples = eng.generate(rows, SamplingSpec(n=2, seed=4))
     assert len(samples) == 4 and samples[0].response_token_ids[-1] == 151645
-    # awake engine: a sync reloads the weights without waking anything
+    # awake engine: a sync reloads the weights without waking anything, then resets the caches
     eng.sync(trainer)
-    assert llm.calls[-2:] == ["generate", "load_weights"]
+    assert engine_calls[-5:] == ["generate"] + LOAD + RESET
+    eng.release()
+    assert engine_calls[-1] == "sleep(1)"  # level 1 every time: level 2 would discard the weights
     json.dumps(llm.kwargs["mm_processor_kwargs"])  # plain values, as vLLM's engine args need
+
+
+def test_vllm_sync_refuses_a_partial_weight_load(tiny_dir, engine_calls):
+    eng, llm = _engine(tiny_dir, engine_calls)
+    trainer = FakeTrainer()
+    trainer.names = trainer.names[:2]  # the LM head never arrives
+    with pytest.raises(RuntimeError, match=r"1 of the vLLM model's 3 parameters.*language_model\.lm_head\.weight"):
+        eng.sync(trainer)
+    assert "reset_prefix_cache" not in engine_calls  # nothing generates from a half-updated engine
+
+
+def test_vllm_sync_without_apply_model_reaches_the_worker_model(tiny_dir, engine_calls):
+    """Older engines without LLM.apply_model: the model is reached through the in-process executor."""
+    eng, llm = _engine(tiny_dir, engine_calls)
+    model = llm.model
+    runner = SimpleNamespace(model=model)
+    llm.llm_engine.model_executor = SimpleNamespace(driver_worker=SimpleNamespace(worker=SimpleNamespace(model_runner=runner)))
+    llm.apply_model = None
+    eng.sync(FakeTrainer())
+    assert "apply_model" not in engine_calls and engine_calls.count("load_weights") == 1
+    assert llm.grad_enabled_in_load == [False]

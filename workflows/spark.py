@@ -61,6 +61,9 @@ def make_config(preset: str, epochs: int, arm: str, model: str, data: str, eval_
     fields.update({k: v for k, v in {"model.path": model, "data.train_path": data,
                                      "data.eval_path": eval_data}.items() if v})
     cfg = cfg.with_overrides(fields)
+    from spark_core.memory_budget import check_colocated
+
+    check_colocated(cfg)  # --mode segment on a preset whose engine and trainer cannot share a GPU
     return Configs(cfg.to_json(), prefix_view(cfg).to_json())
 
 

@@ -14,15 +14,41 @@ gives its memory back). Two engines:
   KV cache after the weights keeps peak memory at weights + one gathered tensor.
   The weights go in under their names in a saved checkpoint (`hf_weight_name`), which
   vLLM's Qwen2.5-VL `load_weights` maps to its own modules (`hf_to_vllm_mapper`).
+
+What keeps the vLLM engine correct beside a trainer (the same steps TRL, verl and
+OpenRLHF take around their colocated engines):
+- its own memory budget, `rollout.colocated_gpu_memory_utilization`: the trainer is
+  built first, and vLLM refuses to start unless that share of the card is still free
+  (spark_core/memory_budget.py checks the arithmetic at config time);
+- Python's garbage and PyTorch's cached blocks are returned (`gc.collect()`,
+  `torch.cuda.empty_cache()`) before the engine is built and before every `wake_up`,
+  or the trainer's cached activations leave the engine too little room;
+- the weights load through `llm.apply_model` (the model inside the in-process worker)
+  under `torch.no_grad()`, and the names `load_weights` reports loaded must cover every
+  parameter of the engine's model: under sleep level 1 the old weights stay valid, so a
+  parameter missing from the stream would silently keep its stale value;
+- after a load the prefix cache (KV blocks computed with the old weights, or lost in
+  the sleep) and the encoder cache (vision embeddings keyed by image hash) are reset,
+  and the multimodal processor cache is off (`mm_processor_cache_gb=0`): the recycled
+  pass and the evaluations send the same images again, and a processor cache that
+  outlives a sleep can fail with "Expected a cached item for mm_hash";
+- sleep stays at level 1 (level 2 discards the weights, which would then all have to
+  come from the stream before the first wake).
 """
 
 from __future__ import annotations
 
+import gc
+import logging
 import os
 import re
 from typing import Any, Callable, Iterable, Iterator
 
 from spark_core.rollout.base import Sample, SamplingSpec
+
+log = logging.getLogger(__name__)
+
+SLEEP_LEVEL = 1  # weights offloaded to CPU and kept, KV cache dropped
 
 # wrappers that appear in a trained module's parameter names but not in the checkpoint
 _WRAPPERS = re.compile(r"(^|\.)(module|_orig_mod|_checkpoint_wrapped_module|_fsdp_wrapped_module)(?=\.)")
@@ -49,6 +75,15 @@ def hf_weights(named: Iterable[tuple[str, Any]]) -> Iterator[tuple[str, Any]]:
     """(checkpoint name, tensor) for each trainer weight, in order."""
     for name, tensor in named:
         yield hf_weight_name(name), tensor
+
+
+def free_cached_memory() -> None:
+    """Return Python's garbage and PyTorch's cached CUDA blocks to the driver, so that the
+    vLLM engine (which allocates outside PyTorch's cache) finds them free."""
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache()  # a no-op where CUDA was never initialised
 
 
 class ColocatedHF:
@@ -109,11 +144,15 @@ class ColocatedVLLM:
 
             llm_factory, sampling_params = LLM, SamplingParams
         self.processor = load_processor(model_dir, model_cfg)
+        # the engine's own share of the card: the trainer already holds its part
         kwargs = engine_kwargs(model_dir, model_cfg, rollout_cfg.tensor_parallel_size,
-                               rollout_cfg.gpu_memory_utilization, seed=seed, processor=self.processor)
+                               rollout_cfg.colocated_gpu_memory_utilization, seed=seed, processor=self.processor)
         kwargs["enable_sleep_mode"] = True
+        # no multimodal processor cache: its entries would outlive sleeps and weight loads
+        kwargs["mm_processor_cache_gb"] = 0
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             kwargs["distributed_executor_backend"] = "external_launcher"
+        free_cached_memory()  # vLLM measures free memory at start-up
         self.llm = llm_factory(**kwargs)
         self._sampling_params = sampling_params
         self.asleep = False
@@ -121,20 +160,24 @@ class ColocatedVLLM:
 
     def release(self) -> None:
         if not self.asleep:
-            self.llm.sleep(level=1)
+            self.llm.sleep(level=SLEEP_LEVEL)
             self.asleep = True
 
     def sync(self, trainer) -> None:
         if self.asleep:
+            free_cached_memory()
             self.llm.wake_up(tags=["weights"])
         n = self._load(hf_weights(trainer.full_state_dict_iter()))
         if self.asleep:
+            free_cached_memory()
             self.llm.wake_up(tags=["kv_cache"])
             self.asleep = False
+        self._reset_caches()
         self.synced_tensors = n
 
     def _load(self, weights: Iterator[tuple[str, Any]]) -> int:
-        """Stream the weights into the engine's model; the number of tensors loaded."""
+        """Stream the weights into the engine's model; the number of tensors loaded.
+        Raises if the engine's model has a parameter that the stream did not load."""
         count = 0
 
         def counted():
@@ -143,9 +186,38 @@ class ColocatedVLLM:
                 count += 1
                 yield item
 
-        model = _engine_model(self.llm)
-        model.load_weights(counted())
+        def load(model) -> tuple[set[str], set[str]]:
+            import torch
+
+            with torch.no_grad():
+                loaded = model.load_weights(counted())
+            if loaded is None:
+                raise RuntimeError("the vLLM model's load_weights returned no set of loaded names, so a partial "
+                                   "weight sync could not be detected")
+            return set(loaded), {name for name, _ in model.named_parameters()}
+
+        apply_model = getattr(self.llm, "apply_model", None)
+        # vLLM's public path to the model inside each worker; in process (the engine core and
+        # its one worker live in this rank), so the generator is consumed here
+        results = apply_model(load) if callable(apply_model) else [load(_engine_model(self.llm))]
+        for loaded, expected in results:
+            missing = sorted(expected - loaded)
+            if missing:
+                shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+                raise RuntimeError(f"weight sync left {len(missing)} of the vLLM model's {len(expected)} parameters "
+                                   f"without new values ({shown}); the trainer streamed {count} tensors")
         return count
+
+    def _reset_caches(self) -> None:
+        """Forget what the engine computed with the weights it had: prefix-cached KV blocks
+        and cached vision-encoder outputs (where this vLLM has an encoder cache reset)."""
+        if self.llm.reset_prefix_cache() is False:
+            raise RuntimeError("vLLM did not reset its prefix cache (requests still running?)")
+        for owner in (self.llm, getattr(self.llm, "llm_engine", None)):
+            reset = getattr(owner, "reset_encoder_cache", None)
+            if callable(reset):
+                reset()
+                break
 
     def generate(self, prompts: list[dict], spec: SamplingSpec, desc: str = "rollout") -> list[Sample]:
         from spark_core.rollout.vllm_backend import build_requests, request_seed, sampling_kwargs, samples_from_outputs
