@@ -80,26 +80,29 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ---- the model ------------------------------------------------------------------------
 
 
-def real_width_config(size: str, layers: int, vision_depth: int):
+def real_width_config(size: str, layers: int, vision_depth: int, tokenizer):
+    """Qwen2.5-VL's config at `size`, cut to `layers` text layers and `vision_depth` vision
+    blocks, with the special token ids of `tokenizer` (Qwen's own vocabulary)."""
     from transformers import Qwen2_5_VLConfig
 
-    from spark_core.model.tokenizer import PADDED_VOCAB_SIZE, SPECIAL_IDS
+    from spark_core.model.token_ids import TokenIds
+    from spark_core.model.tokenizer import QWEN_PADDED_VOCAB_SIZE
+
+    ids = TokenIds.from_tokenizer(tokenizer)
 
     text = dict(TEXT_CONFIGS[size])
     tie = text.pop("tie_word_embeddings")
     full = text["num_hidden_layers"]
-    text.update(num_hidden_layers=min(layers, full), vocab_size=PADDED_VOCAB_SIZE, max_position_embeddings=32768,
+    text.update(num_hidden_layers=min(layers, full), vocab_size=QWEN_PADDED_VOCAB_SIZE, max_position_embeddings=32768,
                 rms_norm_eps=1e-6, hidden_act="silu",
                 rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-                bos_token_id=SPECIAL_IDS["<|endoftext|>"], eos_token_id=SPECIAL_IDS["<|im_end|>"],
-                pad_token_id=SPECIAL_IDS["<|endoftext|>"])
+                bos_token_id=ids.endoftext, eos_token_id=ids.im_end, pad_token_id=ids.pad)
     depth = min(vision_depth, VISION_CONFIG["depth"])
     vision = dict(VISION_CONFIG, depth=depth, out_hidden_size=text["hidden_size"],
                   fullatt_block_indexes=[i for i in FULL_ATTENTION_BLOCKS if i < depth] or [depth - 1])
     cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tie,
-                           image_token_id=SPECIAL_IDS["<|image_pad|>"], video_token_id=SPECIAL_IDS["<|video_pad|>"],
-                           vision_start_token_id=SPECIAL_IDS["<|vision_start|>"],
-                           vision_end_token_id=SPECIAL_IDS["<|vision_end|>"])
+                           image_token_id=ids.image, video_token_id=ids.video,
+                           vision_start_token_id=ids.vision_start, vision_end_token_id=ids.vision_end)
     return cfg, full
 
 
@@ -110,9 +113,12 @@ def build_real_width(out_dir: str, size: str, layers: int, vision_depth: int, mo
 
     from spark_core.model.loading import save_checkpoint
     from spark_core.model.tiny import build_processor
-    from spark_core.model.tokenizer import SPECIAL_IDS, build_qwen_tokenizer
+    from spark_core.model.token_ids import TokenIds
+    from spark_core.model.tokenizer import build_qwen_tokenizer
 
-    config, full_layers = real_width_config(size, layers, vision_depth)
+    tokenizer = build_qwen_tokenizer()
+    ids = TokenIds.from_tokenizer(tokenizer)
+    config, full_layers = real_width_config(size, layers, vision_depth, tokenizer)
     torch.manual_seed(0)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
@@ -121,9 +127,9 @@ def build_real_width(out_dir: str, size: str, layers: int, vision_depth: int, mo
             model = Qwen2_5_VLForConditionalGeneration(config)
     finally:
         torch.set_default_dtype(previous)
-    model.generation_config.eos_token_id = [SPECIAL_IDS["<|im_end|>"], SPECIAL_IDS["<|endoftext|>"]]
-    model.generation_config.pad_token_id = SPECIAL_IDS["<|endoftext|>"]
-    save_checkpoint(model, build_processor(build_qwen_tokenizer(), model_cfg), out_dir)
+    model.generation_config.eos_token_id = list(ids.stops)
+    model.generation_config.pad_token_id = ids.pad
+    save_checkpoint(model, build_processor(tokenizer, model_cfg), out_dir)
     info = {"text_layers": f"{config.text_config.num_hidden_layers}/{full_layers}",
             "vision_blocks": f"{config.vision_config.depth}/{VISION_CONFIG['depth']}"}
     del model
@@ -181,14 +187,15 @@ def trainer_logprobs(trainer, prompts_by_id, rows, micro: int) -> list[list[floa
 def plant_worked_solutions(trainer, prompts, rows, micro: int) -> int:
     """Replace sample 0 of every prompt by its worked solution (see the module docstring)."""
     from spark_core.data import worked_solution
-    from spark_core.rollout.hf import STOP_IDS
+    from spark_core.model.token_ids import TokenIds
 
     tok = trainer.processor.tokenizer
+    im_end = TokenIds.from_tokenizer(tok).im_end
     by_id = {p["prompt_id"]: p for p in prompts}
     planted = [r for r in rows if r["sample_index"] == 0]
     for r in planted:
         text = worked_solution(by_id[r["prompt_id"]])
-        r.update(response=text, response_token_ids=tok(text)["input_ids"] + [STOP_IDS[0]], finish_reason="stop")
+        r.update(response=text, response_token_ids=tok(text)["input_ids"] + [im_end], finish_reason="stop")
     for r, lp in zip(planted, trainer_logprobs(trainer, by_id, planted, micro)):
         r["old_logprobs"] = lp
     return len(planted)
@@ -201,17 +208,15 @@ def logprob_gap(trainer, prompts, rows, micro: int) -> dict:
     return {"mean": sum(diffs) / max(1, len(diffs)), "max": max(diffs, default=0.0), "tokens": len(diffs)}
 
 
-def pass_flops(rows: list[dict], params: dict, with_ref: bool, ppo_epochs: int) -> float:
+def pass_flops(rows: list[dict], params: dict, with_ref: bool, ppo_epochs: int, image_token_id: int) -> float:
     """Model FLOPs of a GRPO pass: 6 per parameter per token for the policy's forward and
     backward, 2 for the reference's forward (recomputation under gradient checkpointing
     is not counted: this is MFU, not hardware utilisation)."""
-    from spark_core.model.logprobs import IMAGE_TOKEN_ID
-
     per_param = 6 + (2 if with_ref else 0)
     total = 0.0
     for r in rows:
         seq = len(r["prompt_token_ids"]) + len(r["response_token_ids"])
-        patches = 4 * list(r["prompt_token_ids"]).count(IMAGE_TOKEN_ID)  # 2x2 patches merge into one token
+        patches = 4 * list(r["prompt_token_ids"]).count(image_token_id)  # 2x2 patches merge into one token
         total += per_param * (params["decoder"] * seq + params["head"] * len(r["response_token_ids"])
                               + params["vision"] * patches)
     return total * ppo_epochs
@@ -255,6 +260,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from spark_core.config import ModelConfig, SparkConfig, TrainConfig
     from spark_core.data import generate
+    from spark_core.model.token_ids import TokenIds
     from spark_core.recycle import recycle
     from spark_core.reward.stage import score
     from spark_core.rollout.base import rollout_rows
@@ -356,7 +362,8 @@ def run(args: argparse.Namespace) -> dict:
     seconds = time.time() - t0
     update_tokens = sum(len(r["prompt_token_ids"]) + len(r["response_token_ids"]) for r in scored)
     update_tokens *= cfg.train.ppo_epochs
-    flops = pass_flops(scored, params, trainer.ref is not None, cfg.train.ppo_epochs)
+    flops = pass_flops(scored, params, trainer.ref is not None, cfg.train.ppo_epochs,
+                       TokenIds.from_tokenizer(trainer.processor).image)
     peak = peak_tflops(res["device"])
     first = m1["step_log"][0]
     res["update"] = {"steps": m1["steps"], "skipped": m1["skipped_steps"], "tokens": update_tokens,

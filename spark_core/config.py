@@ -22,7 +22,14 @@ ANSWER_SUFFIX = "Think it through step by step, then give the final answer in \\
 
 @dataclass
 class TinyModelConfig:
-    """Sizes of the embedded tiny Qwen2.5-VL (random init, real Qwen vocabulary)."""
+    """Sizes of the embedded tiny Qwen2.5-VL (random init) and its vocabulary."""
+
+    # "compact": a byte-level BPE of `vocab_size` tokens learnt from the synthetic task and
+    # recycle template text (spark_core/model/tokenizer.py), Qwen's special tokens and chat
+    # template kept; "qwen": Qwen2's real 151,643-token vocabulary (152,064 embedding rows),
+    # whose LM head is ~97% of a 64-wide model's multiply-adds per generated token.
+    vocab: str = "compact"
+    vocab_size: int = 1024  # compact only: BPE tokens, special tokens and the 256 bytes included
 
     # The tied 152k-row embedding/LM head is ~9.7M of the parameters and most of the
     # compute per response token, and its cost grows with hidden_size; depth and the

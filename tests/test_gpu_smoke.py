@@ -63,13 +63,17 @@ def test_real_width_configs_have_the_published_sizes(size, billions):
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    from spark_core.model.tokenizer import build_qwen_tokenizer
+
     smoke = _smoke_module()
-    cfg, full = smoke.real_width_config(size, 99, 99)
+    qwen = build_qwen_tokenizer()
+    cfg, full = smoke.real_width_config(size, 99, 99, qwen)
+    assert cfg.image_token_id == qwen.convert_tokens_to_ids("<|image_pad|>") == 151655
     assert cfg.text_config.num_hidden_layers == full and cfg.vision_config.depth == 32
     with torch.device("meta"):
         model = Qwen2_5_VLForConditionalGeneration(cfg)
     assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(billions, rel=0.005)
-    cut, _ = smoke.real_width_config(size, 3, 5)
+    cut, _ = smoke.real_width_config(size, 3, 5, qwen)
     assert cut.text_config.num_hidden_layers == 3 and cut.vision_config.depth == 5
     assert cut.vision_config.fullatt_block_indexes == [4] and cut.vision_config.out_hidden_size == cut.text_config.hidden_size
 

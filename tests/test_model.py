@@ -1,4 +1,5 @@
-"""The tiny model is a real Qwen2.5-VL with the real vocabulary, and checkpoints round-trip."""
+"""The tiny model is a real Qwen2.5-VL (compact vocabulary by default, Qwen's one setting
+away), and checkpoints round-trip."""
 
 from __future__ import annotations
 
@@ -13,18 +14,20 @@ from spark_core.data import generate
 from spark_core.model.loading import CheckpointError, load_model, load_processor, pixel_limits
 from spark_core.model.logprobs import build_batch, response_logprobs
 from spark_core.model.prompting import processor_inputs, render_prompt
-from spark_core.model.tokenizer import SPECIAL_IDS
+from spark_core.model.token_ids import TokenIds
+from spark_core.model.tokenizer import build_qwen_tokenizer
 
 
-def test_vocabulary_matches_qwen2(tiny_dir):
-    tok = load_processor(tiny_dir, ModelConfig()).tokenizer
+def test_qwen_vocabulary_matches_qwen2():
+    tok = build_qwen_tokenizer()
     # ids of the released Qwen2/Qwen2.5 tokenizer
     assert tok.encode("Hello world", add_special_tokens=False) == [9707, 1879]
     assert tok.encode("123", add_special_tokens=False) == [16, 17, 18]  # digits split one by one
     for name, idx in {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
                       "<|vision_start|>": 151652, "<|image_pad|>": 151655}.items():
         assert tok.convert_tokens_to_ids(name) == idx
-        assert SPECIAL_IDS[name] == idx
+    ids = TokenIds.from_tokenizer(tok)
+    assert (ids.image, ids.im_end, ids.endoftext) == (151655, 151645, 151643)
     text = "A \\boxed{3} answer"
     assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
 
@@ -37,7 +40,7 @@ def test_chat_template_is_qwen_format(tiny_dir):
                            "<|vision_start|><|image_pad|><|vision_end|>")
     assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
     inputs = processor_inputs(proc, [row])
-    n_img = int((inputs["input_ids"] == SPECIAL_IDS["<|image_pad|>"]).sum())
+    n_img = int((inputs["input_ids"] == TokenIds.from_tokenizer(proc).image).sum())
     assert n_img == int(inputs["image_grid_thw"].prod()) // 4  # 2x2 spatial merge
 
 
@@ -48,10 +51,27 @@ def test_checkpoint_reloads_with_plain_transformers(tiny_dir):
     assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json",
             "chat_template.jinja"} <= files
     assert not any(f.endswith((".bin", ".pt")) for f in files)
+    from transformers import AutoTokenizer
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
     cfg = AutoConfig.from_pretrained(tiny_dir)
-    assert cfg.model_type == "qwen2_5_vl" and cfg.text_config.vocab_size == 152064
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    # the compact vocabulary: embedding rows are the tokenizer's size rounded up to 64
+    assert cfg.model_type == "qwen2_5_vl" and cfg.text_config.vocab_size == -(-len(tok) // 64) * 64 < 4096
+    assert cfg.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>")
     m = Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_dir, use_safetensors=True)
-    assert sum(p.numel() for p in m.parameters()) > 1_000_000
+    assert sum(p.numel() for p in m.parameters()) > 100_000
+    # the exported policy answers a chat prompt with no project code involved (the stock
+    # processor's video half needs torchvision, so its two halves are used directly)
+    from PIL import Image
+
+    image = Qwen2VLImageProcessorPil.from_pretrained(tiny_dir)(images=[Image.new("RGB", (112, 112))], return_tensors="pt")
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many dots?"}]}]
+    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    text = text.replace("<|image_pad|>", "<|image_pad|>" * (int(image["image_grid_thw"].prod()) // 4))
+    inputs = dict(tok([text], return_tensors="pt"), **image)
+    out = m.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3 or int(out[0, -1]) in m.generation_config.eos_token_id
 
 
 def test_pickle_only_checkpoint_is_refused(tmp_path, tiny_dir):

@@ -18,8 +18,13 @@ from spark_core.config import ModelConfig
 from spark_core.data import generate
 from spark_core.model.loading import load_model, load_processor
 from spark_core.model.prompting import processor_inputs
-from spark_core.rollout.base import NEVER_SAMPLE_IDS, SamplingSpec, sampling_knobs
-from spark_core.rollout.hf import STOP_IDS, HFBackend, generation_config
+from spark_core.model.token_ids import TokenIds
+from spark_core.model.tokenizer import build_compact_tokenizer
+from spark_core.rollout.base import SamplingSpec, sampling_knobs
+from spark_core.rollout.hf import HFBackend, generation_config
+
+IDS = TokenIds.from_tokenizer(build_compact_tokenizer())  # the tiny default's (and `tiny_dir`'s) ids
+STOP_IDS, NEVER_SAMPLE_IDS = IDS.stops, IDS.never_sample
 
 INSTRUCT_LIKE = {"repetition_penalty": 1.05, "top_k": 1, "top_p": 0.001, "temperature": 0.01, "do_sample": True}
 
@@ -97,8 +102,8 @@ def test_greedy_rollouts_ignore_checkpoint_repetition_penalty(tiny_dir, strong_p
 @pytest.mark.parametrize("spec", [SamplingSpec(n=4, temperature=0.8, top_p=0.9, max_new_tokens=7),
                                   SamplingSpec(n=1, temperature=0.0, max_new_tokens=5)])
 def test_generation_config_sets_every_knob(spec):
-    g = generation_config(spec)
-    k = sampling_knobs(spec)
+    g = generation_config(spec, IDS)
+    k = sampling_knobs(spec, IDS)
     assert g.do_sample is (not spec.greedy)
     assert g.max_new_tokens == spec.max_new_tokens and g.min_new_tokens == 0
     assert g.num_return_sequences == spec.n and g.num_beams == 1

@@ -13,9 +13,15 @@ import torch
 from spark_core.config import ModelConfig
 from spark_core.data import generate
 from spark_core.model.loading import load_model, load_processor
-from spark_core.model.logprobs import IMAGE_TOKEN_ID, PAD_ID, VIDEO_TOKEN_ID, build_batch, response_logprobs
+from spark_core.model.logprobs import build_batch, response_logprobs
 from spark_core.model.prompting import processor_inputs
-from spark_core.rollout.base import NEVER_SAMPLE_IDS, SamplingSpec
+from spark_core.model.token_ids import TokenIds
+from spark_core.model.tokenizer import build_compact_tokenizer
+from spark_core.rollout.base import SamplingSpec
+
+# the tiny default's ids (the `tiny_dir` checkpoint is built with this same tokenizer)
+IDS = TokenIds.from_tokenizer(build_compact_tokenizer())
+IMAGE_TOKEN_ID, VIDEO_TOKEN_ID, PAD_ID, NEVER_SAMPLE_IDS = IDS.image, IDS.video, IDS.pad, IDS.never_sample
 from spark_core.rollout.hf import HFBackend
 
 

@@ -17,12 +17,10 @@ from spark_core.config import ANSWER_SUFFIX, ModelConfig
 from spark_core.data import generate
 from spark_core.model.loading import load_processor, pixel_limits
 from spark_core.model.prompting import decode_image, render_prompt
-from spark_core.model.tokenizer import SPECIAL_IDS
-from spark_core.rollout.base import NEVER_SAMPLE_IDS, NEVER_SAMPLE_TOKENS, SamplingSpec, sampling_knobs
+from spark_core.model.token_ids import TokenIds
+from spark_core.rollout.base import NEVER_SAMPLE_TOKENS, SamplingSpec, sampling_knobs
 from spark_core.rollout.hf import generation_config
 from spark_core.rollout.vllm_backend import (
-    IM_END_ID,
-    STOP_IDS,
     build_requests,
     engine_kwargs,
     request_seed,
@@ -32,6 +30,10 @@ from spark_core.rollout.vllm_backend import (
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 IMAGE_PAD = "<|image_pad|>"
+# made-up ids, neither Qwen's nor the compact vocabulary's: the output conversion and the
+# sampling arguments take every id from the checkpoint's TokenIds
+IDS = TokenIds(image=905, video=906, vision_start=903, vision_end=904, im_end=902, endoftext=900, pad=900)
+IM_END_ID, STOP_IDS = IDS.im_end, IDS.stops
 
 
 @pytest.fixture(scope="module")
@@ -87,18 +89,18 @@ def test_build_requests_empty(processor):
 
 
 def test_sampling_kwargs_sampling():
-    kw = sampling_kwargs(SamplingSpec(n=8, temperature=0.9, top_p=0.95, max_new_tokens=64, seed=7))
+    kw = sampling_kwargs(SamplingSpec(n=8, temperature=0.9, top_p=0.95, max_new_tokens=64, seed=7), IDS)
     assert kw["n"] == 8
     assert kw["temperature"] == 0.9 and kw["top_p"] == 0.95
     assert kw["top_k"] == 0  # disabled
     assert kw["max_tokens"] == 64 and kw["seed"] == 7
     assert kw["logprobs"] == 0  # sampled token's log-prob only
-    assert kw["stop_token_ids"] == [IM_END_ID, SPECIAL_IDS["<|endoftext|>"]]
+    assert kw["stop_token_ids"] == [902, 900]
     assert kw["skip_special_tokens"] is True and kw["detokenize"] is True
 
 
 def test_sampling_kwargs_greedy():
-    kw = sampling_kwargs(SamplingSpec(n=2, temperature=0.0, top_p=0.5, max_new_tokens=4))
+    kw = sampling_kwargs(SamplingSpec(n=2, temperature=0.0, top_p=0.5, max_new_tokens=4), IDS)
     assert kw["temperature"] == 0.0 and kw["top_p"] == 1.0 and kw["top_k"] == 0
 
 
@@ -112,10 +114,10 @@ SAMPLING_KNOBS = {"n", "temperature", "top_p", "top_k", "min_p", "repetition_pen
                                   SamplingSpec(n=4, temperature=0.7, top_p=0.9, max_new_tokens=9),
                                   SamplingSpec(n=1, temperature=0.0, max_new_tokens=5)])
 def test_sampling_kwargs_name_every_knob_like_the_hf_backend(spec):
-    kw = sampling_kwargs(spec)
+    kw = sampling_kwargs(spec, IDS)
     assert SAMPLING_KNOBS <= set(kw)
-    g = generation_config(spec)  # the hf backend's full config for the same spec
-    k = sampling_knobs(spec)
+    g = generation_config(spec, IDS)  # the hf backend's full config for the same spec
+    k = sampling_knobs(spec, IDS)
     assert kw["max_tokens"] == g.max_new_tokens and kw["min_tokens"] == g.min_new_tokens == 0
     assert kw["repetition_penalty"] == g.repetition_penalty == 1.0
     assert kw["presence_penalty"] == kw["frequency_penalty"] == 0.0 and kw["min_p"] == 0.0
@@ -132,9 +134,10 @@ def test_sampling_kwargs_name_every_knob_like_the_hf_backend(spec):
 def test_bad_words_are_the_suppressed_ids(processor):
     # vLLM tokenises each bad word without special tokens added; a single id is masked to -inf
     tok = processor.tokenizer
-    ids = [tok.encode(w, add_special_tokens=False) for w in sampling_kwargs(SamplingSpec())["bad_words"]]
-    assert ids == [[i] for i in NEVER_SAMPLE_IDS]
-    assert generation_config(SamplingSpec()).suppress_tokens == list(NEVER_SAMPLE_IDS)
+    real = TokenIds.from_tokenizer(processor)
+    ids = [tok.encode(w, add_special_tokens=False) for w in sampling_kwargs(SamplingSpec(), real)["bad_words"]]
+    assert ids == [[i] for i in real.never_sample]
+    assert generation_config(SamplingSpec(), real).suppress_tokens == list(real.never_sample)
     assert IMAGE_PAD in NEVER_SAMPLE_TOKENS and "<|video_pad|>" in NEVER_SAMPLE_TOKENS
 
 
@@ -142,7 +145,7 @@ def test_bad_words_are_the_suppressed_ids(processor):
 def test_sampling_kwargs_accepted_by_vllm():
     from vllm import SamplingParams
 
-    p = SamplingParams(**sampling_kwargs(SamplingSpec(n=4, temperature=1.0, max_new_tokens=16, seed=3)))
+    p = SamplingParams(**sampling_kwargs(SamplingSpec(n=4, temperature=1.0, max_new_tokens=16, seed=3), IDS))
     assert p.n == 4 and p.logprobs == 0 and p.top_k == 0
 
 
@@ -233,10 +236,10 @@ def test_samples_from_outputs_prompt_major():
         ]),
         SimpleNamespace(prompt_token_ids=(4, 5), outputs=[
             completion(0, [7, 8, 9], [-1.0, -1.1, -1.2], "length", text="789"),
-            completion(1, [SPECIAL_IDS["<|endoftext|>"]], [-3.0], "stop", text=""),
+            completion(1, [IDS.endoftext], [-3.0], "stop", text=""),
         ]),
     ]
-    samples = samples_from_outputs(rows, outputs, spec)
+    samples = samples_from_outputs(rows, outputs, spec, IDS)
     assert [(s.prompt_id, s.sample_index) for s in samples] == [("p0", 0), ("p0", 1), ("p1", 0), ("p1", 1)]
     s0, s1, s2, s3 = samples
     assert s0.response_token_ids == [10, IM_END_ID] and s0.logprobs == [-0.1, -0.2]
@@ -244,7 +247,7 @@ def test_samples_from_outputs_prompt_major():
     assert s1.response_token_ids == [40, 41, 42] and s1.logprobs == [-0.5, -0.6, -0.7]
     assert s1.finish_reason == "length" and s1.response == "abc"
     assert s2.prompt_token_ids == [4, 5] and s2.finish_reason == "length"
-    assert s3.response_token_ids == [SPECIAL_IDS["<|endoftext|>"]] and s3.finish_reason == "stop"
+    assert s3.response_token_ids == [IDS.endoftext] and s3.finish_reason == "stop"
     for s in samples:
         assert len(s.logprobs) == len(s.response_token_ids)
         assert all(isinstance(t, int) for t in s.response_token_ids)
@@ -255,38 +258,38 @@ def test_samples_from_outputs_picks_sampled_token_among_alternatives():
     lps = [{5: SimpleNamespace(logprob=-2.0), 6: SimpleNamespace(logprob=-0.1)},
            {IM_END_ID: SimpleNamespace(logprob=-0.3), 9: SimpleNamespace(logprob=-0.01)}]
     out = SimpleNamespace(prompt_token_ids=[1], outputs=[completion(0, [5, IM_END_ID], None, "stop", logprobs=lps)])
-    (s,) = samples_from_outputs([{"prompt_id": "p"}], [out], SamplingSpec(n=1))
+    (s,) = samples_from_outputs([{"prompt_id": "p"}], [out], SamplingSpec(n=1), IDS)
     assert s.logprobs == [-2.0, -0.3]
 
 
 def test_dropped_stop_token_restored_when_its_logprob_is_known():
     lps = lp([11, 12, IM_END_ID], [-0.1, -0.2, -0.05])  # a log-prob for the stop position too
     out = SimpleNamespace(prompt_token_ids=[1], outputs=[completion(0, [11, 12], None, "stop", logprobs=lps)])
-    (s,) = samples_from_outputs([{"prompt_id": "p"}], [out], SamplingSpec(n=1))
+    (s,) = samples_from_outputs([{"prompt_id": "p"}], [out], SamplingSpec(n=1), IDS)
     assert s.response_token_ids == [11, 12, IM_END_ID]
     assert s.logprobs == [-0.1, -0.2, -0.05]
     assert s.finish_reason == "stop"
 
 
 def test_dropped_stop_token_uses_stop_reason():
-    eot = SPECIAL_IDS["<|endoftext|>"]
+    eot = IDS.endoftext
     lps = lp([11, eot], [-0.1, -0.4])
     out = SimpleNamespace(prompt_token_ids=[1],
                           outputs=[completion(0, [11], None, "stop", stop_reason=eot, logprobs=lps)])
-    (s,) = samples_from_outputs([{"prompt_id": "p"}], [out], SamplingSpec(n=1))
+    (s,) = samples_from_outputs([{"prompt_id": "p"}], [out], SamplingSpec(n=1), IDS)
     assert s.response_token_ids == [11, eot] and s.logprobs == [-0.1, -0.4]
 
 
 def test_dropped_stop_token_without_logprob_is_not_invented():
     out = SimpleNamespace(prompt_token_ids=[1], outputs=[completion(0, [11, 12], [-0.1, -0.2], "stop")])
-    (s,) = samples_from_outputs([{"prompt_id": "p"}], [out], SamplingSpec(n=1))
+    (s,) = samples_from_outputs([{"prompt_id": "p"}], [out], SamplingSpec(n=1), IDS)
     assert s.response_token_ids == [11, 12] and s.logprobs == [-0.1, -0.2]
     assert s.finish_reason == "stop"
 
 
 def test_length_finish_never_gets_a_stop_token():
     out = SimpleNamespace(prompt_token_ids=[1], outputs=[completion(0, [3, 4], [-1.0, -1.0], "length")])
-    (s,) = samples_from_outputs([{"prompt_id": "p"}], [out], SamplingSpec(n=1, max_new_tokens=2))
+    (s,) = samples_from_outputs([{"prompt_id": "p"}], [out], SamplingSpec(n=1, max_new_tokens=2), IDS)
     assert s.response_token_ids == [3, 4] and s.finish_reason == "length"
     assert not set(s.response_token_ids) & set(STOP_IDS)
 
@@ -295,22 +298,22 @@ def test_samples_from_outputs_rejects_bad_outputs():
     spec = SamplingSpec(n=2)
     ok = completion(0, [1], [-0.1], "stop")
     with pytest.raises(ValueError, match="outputs for"):
-        samples_from_outputs([{"prompt_id": "p"}], [], spec)
+        samples_from_outputs([{"prompt_id": "p"}], [], spec, IDS)
     with pytest.raises(ValueError, match="completions"):
-        samples_from_outputs([{"prompt_id": "p"}], [SimpleNamespace(prompt_token_ids=[1], outputs=[ok])], spec)
+        samples_from_outputs([{"prompt_id": "p"}], [SimpleNamespace(prompt_token_ids=[1], outputs=[ok])], spec, IDS)
     missing = completion(0, [1, 2], None, "length", logprobs=lp([1, 99], [-0.1, -0.2]))
     with pytest.raises(ValueError, match="sampled token"):
         samples_from_outputs([{"prompt_id": "p"}], [SimpleNamespace(prompt_token_ids=[1], outputs=[missing])],
-                             SamplingSpec(n=1))
+                             SamplingSpec(n=1), IDS)
     none = completion(0, [1], [-0.1], "length")
     none.logprobs = None
     with pytest.raises(ValueError, match="no logprobs"):
         samples_from_outputs([{"prompt_id": "p"}], [SimpleNamespace(prompt_token_ids=[1], outputs=[none])],
-                             SamplingSpec(n=1))
+                             SamplingSpec(n=1), IDS)
     aborted = completion(0, [1], [-0.1], "abort")
     with pytest.raises(RuntimeError, match="abort"):
         samples_from_outputs([{"prompt_id": "p"}], [SimpleNamespace(prompt_token_ids=[1], outputs=[aborted])],
-                             SamplingSpec(n=1))
+                             SamplingSpec(n=1), IDS)
 
 
 # ---- the backend itself ---------------------------------------------------
@@ -360,7 +363,7 @@ def test_vllm_backend_on_tiny_model(tiny_dir, rows):
         assert len(s.logprobs) == len(s.response_token_ids)
         assert s.finish_reason in ("stop", "length")
         if s.finish_reason == "stop":
-            assert s.response_token_ids[-1] in STOP_IDS
+            assert s.response_token_ids[-1] in backend.ids.stops
     # same seed, same samples
     again = backend.generate(rows[:2], spec)
     assert [s.response_token_ids for s in again] == [s.response_token_ids for s in samples]

@@ -1,7 +1,7 @@
 """Per-token log-probabilities of responses: one implementation for rollout and update.
 
 Only response positions go through the LM head, so memory grows with the number of
-response tokens, not with prompt length times the 152k vocabulary.
+response tokens, not with prompt length times the vocabulary.
 """
 
 from __future__ import annotations
@@ -11,11 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from spark_core.model.prompting import decode_image
-from spark_core.model.tokenizer import SPECIAL_IDS
-
-IMAGE_TOKEN_ID = SPECIAL_IDS["<|image_pad|>"]
-VIDEO_TOKEN_ID = SPECIAL_IDS["<|video_pad|>"]
-PAD_ID = SPECIAL_IDS["<|endoftext|>"]
+from spark_core.model.token_ids import TokenIds
 
 
 @dataclass
@@ -25,6 +21,7 @@ class SequenceBatch:
     response_mask: torch.Tensor  # [B, L] 1 where input_ids[t] is a response token
     pixel_values: torch.Tensor | None
     image_grid_thw: torch.Tensor | None
+    ids: TokenIds  # the checkpoint's image/video placeholder and pad ids
 
     def model_inputs(self, embed_tokens=None) -> dict:
         """Keyword arguments for the Qwen2.5-VL forward.
@@ -37,15 +34,14 @@ class SequenceBatch:
         Without `embed_tokens` such a position is embedded as the pad token.
         """
         prompt = self.response_mask == 0
-        is_image = (self.input_ids == IMAGE_TOKEN_ID) & prompt
-        is_video = (self.input_ids == VIDEO_TOKEN_ID) & prompt
-        mm = is_image.int() + 2 * is_video.int()
+        image, video = self.input_ids == self.ids.image, self.input_ids == self.ids.video
+        mm = (image & prompt).int() + 2 * (video & prompt).int()
         d = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "mm_token_type_ids": mm}
-        stray = ((self.input_ids == IMAGE_TOKEN_ID) | (self.input_ids == VIDEO_TOKEN_ID)) & ~prompt
+        stray = (image | video) & ~prompt
         if bool(stray.any()):
             if embed_tokens is not None:
                 d["inputs_embeds"] = embed_tokens(self.input_ids)
-            d["input_ids"] = self.input_ids.masked_fill(stray, PAD_ID)
+            d["input_ids"] = self.input_ids.masked_fill(stray, self.ids.pad)
         if self.pixel_values is not None:
             d["pixel_values"] = self.pixel_values
             d["image_grid_thw"] = self.image_grid_thw
@@ -60,7 +56,7 @@ class SequenceBatch:
     def to(self, device) -> "SequenceBatch":
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         return SequenceBatch(mv(self.input_ids), mv(self.attention_mask), mv(self.response_mask),
-                             mv(self.pixel_values), mv(self.image_grid_thw))
+                             mv(self.pixel_values), mv(self.image_grid_thw), self.ids)
 
 
 def build_batch(processor, prompt_rows: list[dict], prompt_ids: list[list[int]],
@@ -71,10 +67,11 @@ def build_batch(processor, prompt_rows: list[dict], prompt_ids: list[list[int]],
     processor at rollout time), so only pixel values need recomputing here.
     """
     assert len(prompt_rows) == len(prompt_ids) == len(response_ids)
+    ids = TokenIds.from_tokenizer(processor)
     seqs = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids)]
     L = max(len(s) for s in seqs)
     B = len(seqs)
-    input_ids = torch.full((B, L), PAD_ID, dtype=torch.long)
+    input_ids = torch.full((B, L), ids.pad, dtype=torch.long)
     attn = torch.zeros((B, L), dtype=torch.long)
     resp = torch.zeros((B, L), dtype=torch.long)
     for i, (p, s) in enumerate(zip(prompt_ids, seqs)):
@@ -88,13 +85,13 @@ def build_batch(processor, prompt_rows: list[dict], prompt_ids: list[list[int]],
         out = processor.image_processor(images=images, return_tensors="pt")
         pixel_values, grid = out["pixel_values"], out["image_grid_thw"]
         expected = int(grid.prod(-1).sum() // (processor.image_processor.merge_size**2))
-        found = int(((input_ids == IMAGE_TOKEN_ID) & (resp == 0)).sum())  # prompt positions only
+        found = int(((input_ids == ids.image) & (resp == 0)).sum())  # prompt positions only
         if expected != found:
             raise ValueError(
                 f"prompt token ids hold {found} image tokens but the images need {expected}: "
                 "rollout and trainer processors disagree on pixel limits"
             )
-    return SequenceBatch(input_ids, attn, resp, pixel_values, grid)
+    return SequenceBatch(input_ids, attn, resp, pixel_values, grid, ids)
 
 
 def _targets(batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,10 +157,11 @@ class ResponseLogprobs(torch.nn.Module):
         super().__init__()
         self.policy = policy
         self.head = _Fp32Head(policy.lm_head)
+        self.ids = TokenIds.from_model_config(policy.config)
 
     def forward(self, input_ids, attention_mask, response_mask, pixel_values=None, image_grid_thw=None,
                 temperature: float = 1.0) -> torch.Tensor:
-        batch = SequenceBatch(input_ids, attention_mask, response_mask, pixel_values, image_grid_thw)
+        batch = SequenceBatch(input_ids, attention_mask, response_mask, pixel_values, image_grid_thw, self.ids)
         inner = self.policy.model
         hidden = inner(**batch.model_inputs(inner.get_input_embeddings()), use_cache=False).last_hidden_state
         return _logprobs_from_hidden(hidden, self.head, batch, temperature)

@@ -61,8 +61,8 @@ def processor_inputs(processor, rows: list[dict], texts: list[str] | None = None
 
 def encode_example(processor, row: dict, target: str) -> tuple[list[int], list[int]]:
     """(prompt ids with the image's vision tokens, target ids + <|im_end|>) for teacher forcing."""
-    from spark_core.model.tokenizer import SPECIAL_IDS
+    from spark_core.model.token_ids import TokenIds
 
     prompt_ids = processor_inputs(processor, [row])["input_ids"][0].tolist()
-    target_ids = processor.tokenizer.encode(target, add_special_tokens=False) + [SPECIAL_IDS["<|im_end|>"]]
+    target_ids = processor.tokenizer.encode(target, add_special_tokens=False) + [TokenIds.from_tokenizer(processor).im_end]
     return prompt_ids, target_ids

@@ -1,4 +1,5 @@
-"""The embedded tiny Qwen2.5-VL: real architecture and vocabulary, tiny sizes, random init.
+"""The embedded tiny Qwen2.5-VL: real architecture, processor and chat template, tiny
+sizes, random init, and a vocabulary sized for its task (or Qwen's own, one setting away).
 
 It exercises the same code paths as Qwen/Qwen2.5-VL-7B-Instruct (processor, chat
 template, vision tokens, M-RoPE, safetensors checkpoints) in seconds on a CPU.
@@ -8,18 +9,36 @@ from __future__ import annotations
 
 from spark_core.config import ModelConfig, TinyModelConfig
 from spark_core.model.loading import make_processor, save_checkpoint
-from spark_core.model.tokenizer import PADDED_VOCAB_SIZE, SPECIAL_IDS, build_qwen_tokenizer
+from spark_core.model.token_ids import TokenIds
+from spark_core.model.tokenizer import QWEN_PADDED_VOCAB_SIZE, VOCABS, build_compact_tokenizer, build_qwen_tokenizer
 
 
-def tiny_model_config(t: TinyModelConfig):
+def tiny_tokenizer(t: TinyModelConfig):
+    if t.vocab == "compact":
+        return build_compact_tokenizer(vocab_size=t.vocab_size)
+    if t.vocab == "qwen":
+        return build_qwen_tokenizer()
+    raise ValueError(f"model.tiny.vocab must be one of {VOCABS}, got {t.vocab!r}")
+
+
+def embedding_rows(tokenizer, t: TinyModelConfig) -> int:
+    """Rows of the embedding / LM head: the tokenizer's size rounded up to 64 (Qwen's own
+    vocabulary keeps its real 152,064 rows)."""
+    if t.vocab == "qwen":
+        return QWEN_PADDED_VOCAB_SIZE
+    return -(-len(tokenizer) // 64) * 64
+
+
+def tiny_model_config(t: TinyModelConfig, tokenizer):
     from transformers import Qwen2_5_VLConfig
 
+    ids = TokenIds.from_tokenizer(tokenizer)
     head_dim = t.hidden_size // t.num_attention_heads
     half = head_dim // 2
     # M-RoPE splits the rotary half-dimension into temporal/height/width sections.
     mrope = [half - 2 * (half * 3 // 8), half * 3 // 8, half * 3 // 8]
     text = dict(
-        vocab_size=PADDED_VOCAB_SIZE,
+        vocab_size=embedding_rows(tokenizer, t),
         hidden_size=t.hidden_size,
         intermediate_size=t.intermediate_size,
         num_hidden_layers=t.num_hidden_layers,
@@ -27,9 +46,9 @@ def tiny_model_config(t: TinyModelConfig):
         num_key_value_heads=t.num_key_value_heads,
         max_position_embeddings=4096,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
-        bos_token_id=SPECIAL_IDS["<|endoftext|>"],
-        eos_token_id=SPECIAL_IDS["<|im_end|>"],
-        pad_token_id=SPECIAL_IDS["<|endoftext|>"],
+        bos_token_id=ids.endoftext,
+        eos_token_id=ids.im_end,
+        pad_token_id=ids.pad,
     )
     vision = dict(
         depth=t.vision_depth,
@@ -46,11 +65,11 @@ def tiny_model_config(t: TinyModelConfig):
     return Qwen2_5_VLConfig(
         text_config=text,
         vision_config=vision,
-        image_token_id=SPECIAL_IDS["<|image_pad|>"],
-        video_token_id=SPECIAL_IDS["<|video_pad|>"],
-        vision_start_token_id=SPECIAL_IDS["<|vision_start|>"],
-        vision_end_token_id=SPECIAL_IDS["<|vision_end|>"],
-        tie_word_embeddings=True,  # halves the parameters of a model that is mostly vocabulary
+        image_token_id=ids.image,
+        video_token_id=ids.video,
+        vision_start_token_id=ids.vision_start,
+        vision_end_token_id=ids.vision_end,
+        tie_word_embeddings=True,  # one matrix for embedding and LM head, as small Qwen models do
     )
 
 
@@ -69,8 +88,10 @@ def build_tiny(out_dir: str, cfg: ModelConfig) -> str:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    tokenizer = tiny_tokenizer(cfg.tiny)
+    ids = TokenIds.from_tokenizer(tokenizer)
     torch.manual_seed(cfg.tiny.seed)
-    model = Qwen2_5_VLForConditionalGeneration(tiny_model_config(cfg.tiny))
+    model = Qwen2_5_VLForConditionalGeneration(tiny_model_config(cfg.tiny, tokenizer))
     if cfg.tiny.weight_init not in ("fan_in", "config"):
         raise ValueError(f"model.tiny.weight_init must be 'fan_in' or 'config', got {cfg.tiny.weight_init!r}")
     with torch.no_grad():
@@ -81,8 +102,7 @@ def build_tiny(out_dir: str, cfg: ModelConfig) -> str:
                     module.weight.normal_(0.0, module.weight[0].numel() ** -0.5)
         # tied: this is the LM head too (skipped above, as its fan-in is the hidden size)
         model.get_input_embeddings().weight.normal_(0.0, cfg.tiny.embed_init_std)
-    model.generation_config.eos_token_id = [SPECIAL_IDS["<|im_end|>"], SPECIAL_IDS["<|endoftext|>"]]
-    model.generation_config.pad_token_id = SPECIAL_IDS["<|endoftext|>"]
-    tokenizer = build_qwen_tokenizer()
+    model.generation_config.eos_token_id = list(ids.stops)
+    model.generation_config.pad_token_id = ids.pad
     processor = build_processor(tokenizer, cfg)
     return save_checkpoint(model, processor, out_dir)

@@ -5,13 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from spark_core.model.tokenizer import SPECIAL_IDS
-
-# Vision placeholders and delimiters: they only belong where the processor puts them in a
-# prompt. A sampled one would be read as an image slot by the log-prob pass, so neither
-# backend may ever sample them (their probability is set to zero before sampling).
-NEVER_SAMPLE_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
-NEVER_SAMPLE_IDS = tuple(SPECIAL_IDS[t] for t in NEVER_SAMPLE_TOKENS)
+from spark_core.model.token_ids import NEVER_SAMPLE_TOKENS, TokenIds  # noqa: F401 (NEVER_SAMPLE_TOKENS: backends' API)
 
 
 @dataclass
@@ -27,14 +21,15 @@ class SamplingSpec:
         return self.temperature <= 0.0
 
 
-def sampling_knobs(spec: SamplingSpec) -> dict[str, Any]:
+def sampling_knobs(spec: SamplingSpec, ids: TokenIds) -> dict[str, Any]:
     """Every knob that shapes the sampling distribution, set explicitly.
 
     Both backends are built from this one dict, and nothing is taken from a checkpoint's
     `generation_config.json` (Qwen2.5-VL-Instruct ships repetition_penalty=1.05, top_k=1,
     top_p=0.001): an inherited knob would make rollouts off-policy for the trainer, which
     scores responses with the plain temperature-scaled softmax, and would make the two
-    backends disagree. Greedy decoding ignores temperature, top-p and top-k.
+    backends disagree. Greedy decoding ignores temperature, top-p and top-k. `ids` are the
+    checkpoint's special token ids (the vision tokens are never sampled).
     """
     greedy = spec.greedy
     return {
@@ -48,7 +43,8 @@ def sampling_knobs(spec: SamplingSpec) -> dict[str, Any]:
         "frequency_penalty": 0.0,  # off (vLLM only)
         "max_new_tokens": int(spec.max_new_tokens),
         "min_new_tokens": 0,
-        "never_sample_ids": list(NEVER_SAMPLE_IDS),
+        "never_sample_ids": list(ids.never_sample),
+        "stop_ids": list(ids.stops),
     }
 
 

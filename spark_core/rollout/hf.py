@@ -11,13 +11,11 @@ from spark_core.config import ModelConfig
 from spark_core.model.loading import load_model, load_processor
 from spark_core.model.logprobs import build_batch, gather_response, response_logprobs
 from spark_core.model.prompting import processor_inputs
-from spark_core.model.tokenizer import SPECIAL_IDS
+from spark_core.model.token_ids import TokenIds, check_agree
 from spark_core.rollout.base import Sample, SamplingSpec, sampling_knobs
 
-STOP_IDS = (SPECIAL_IDS["<|im_end|>"], SPECIAL_IDS["<|endoftext|>"])
 
-
-def generation_config(spec: SamplingSpec):
+def generation_config(spec: SamplingSpec, ids: TokenIds):
     """A complete transformers GenerationConfig for `spec`: every knob set, none inherited.
 
     transformers fills each knob left unset (None) from the model's own generation_config,
@@ -25,7 +23,7 @@ def generation_config(spec: SamplingSpec):
     """
     from transformers import GenerationConfig
 
-    k = sampling_knobs(spec)
+    k = sampling_knobs(spec, ids)
     # start from transformers' own neutral value of every knob, then set ours
     defaults = getattr(GenerationConfig, "_get_default_generation_params", dict)
     values = {k: v for k, v in defaults().items() if k not in ("max_length", "min_length")}  # *_new_tokens rule
@@ -35,7 +33,7 @@ def generation_config(spec: SamplingSpec):
         top_k=None if k["greedy"] else k["top_k"],  # greedy takes the argmax; top-k is unused (and warned about)
         typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=k["repetition_penalty"],
         no_repeat_ngram_size=0, bad_words_ids=None, suppress_tokens=k["never_sample_ids"], begin_suppress_tokens=None,
-        num_beams=1, num_return_sequences=spec.n, eos_token_id=list(STOP_IDS), pad_token_id=STOP_IDS[1],
+        num_beams=1, num_return_sequences=spec.n, eos_token_id=k["stop_ids"], pad_token_id=ids.pad,
         forced_bos_token_id=None, forced_eos_token_id=None, renormalize_logits=False, guidance_scale=None,
         sequence_bias=None, watermarking_config=None, output_scores=False, return_dict_in_generate=False,
     )
@@ -101,6 +99,7 @@ class HFBackend:
         self.processor = processor or load_processor(model_dir, cfg)
         self.model = model or load_model(model_dir, cfg, device=self.device)
         self.model.eval()
+        self.ids = check_agree(self.processor, self.model.config)
         self.prompts_per_chunk = prompts_per_chunk
 
     @torch.no_grad()
@@ -116,7 +115,7 @@ class HFBackend:
         tok = self.processor.tokenizer
         tok.padding_side = "left"
         inputs = processor_inputs(self.processor, rows).to(self.device)
-        gen = generation_config(spec)
+        gen = generation_config(spec, self.ids)
         extra = []
         if gen.do_sample and gen.top_p is not None and gen.top_p < 1.0:
             # the same nucleus without sorting the vocabulary at every step
@@ -131,7 +130,7 @@ class HFBackend:
             mask = inputs["attention_mask"][i].bool()
             prompt_ids.append(inputs["input_ids"][i][mask].tolist())
             resp = out[j, P:].tolist()
-            cut = next((k for k, t in enumerate(resp) if t in STOP_IDS), None)
+            cut = next((k for k, t in enumerate(resp) if t in self.ids.stops), None)
             if cut is None:
                 finish.append("length")
             else:

@@ -27,12 +27,8 @@ from typing import Any, Iterable
 from spark_core.config import ModelConfig
 from spark_core.model.loading import load_processor, pixel_limits
 from spark_core.model.prompting import decode_image, render_prompt
-from spark_core.model.tokenizer import SPECIAL_IDS
+from spark_core.model.token_ids import TokenIds
 from spark_core.rollout.base import NEVER_SAMPLE_TOKENS, Sample, SamplingSpec, sampling_knobs
-
-IM_END_ID = SPECIAL_IDS["<|im_end|>"]  # 151645, the chat turn terminator
-ENDOFTEXT_ID = SPECIAL_IDS["<|endoftext|>"]
-STOP_IDS = (IM_END_ID, ENDOFTEXT_ID)
 
 
 def build_requests(processor, rows: list[dict]) -> list[dict[str, Any]]:
@@ -51,10 +47,11 @@ def build_requests(processor, rows: list[dict]) -> list[dict[str, Any]]:
     return requests
 
 
-def sampling_kwargs(spec: SamplingSpec) -> dict[str, Any]:
+def sampling_kwargs(spec: SamplingSpec, ids: TokenIds) -> dict[str, Any]:
     """Keyword arguments for `vllm.SamplingParams`: every sampling knob named, from the same
-    `sampling_knobs` as the hf backend, so nothing falls back to an engine or checkpoint default."""
-    k = sampling_knobs(spec)
+    `sampling_knobs` as the hf backend, so nothing falls back to an engine or checkpoint default.
+    `ids`: the checkpoint's special token ids (stop tokens)."""
+    k = sampling_knobs(spec, ids)
     return {
         "n": spec.n,
         "temperature": 0.0 if k["greedy"] else k["temperature"],
@@ -70,7 +67,7 @@ def sampling_kwargs(spec: SamplingSpec) -> dict[str, Any]:
         # 0 = no alternatives, but vLLM always reports the sampled token's log-prob
         "logprobs": 0,
         # same stop set as the hf backend, independent of the checkpoint's generation config
-        "stop_token_ids": list(STOP_IDS),
+        "stop_token_ids": k["stop_ids"],
         "stop": [],
         "ignore_eos": False,
         # each vision placeholder is one special token, so its "word" is that single id,
@@ -151,7 +148,7 @@ def _sampled_logprobs(token_ids: list[int], position_logprobs) -> list[float]:
     return out
 
 
-def _dropped_stop_token(completion, n_tokens: int) -> tuple[int, float] | None:
+def _dropped_stop_token(completion, n_tokens: int, stops: tuple[int, ...]) -> tuple[int, float] | None:
     """The stop token (and its log-prob) when vLLM stopped on it but left it out of token_ids.
 
     Only recoverable if the engine still reported a log-prob for that position.
@@ -161,14 +158,14 @@ def _dropped_stop_token(completion, n_tokens: int) -> tuple[int, float] | None:
         return None
     last = position_logprobs[n_tokens]
     stop_reason = getattr(completion, "stop_reason", None)
-    candidates: Iterable[int] = (stop_reason,) if isinstance(stop_reason, int) else STOP_IDS
+    candidates: Iterable[int] = (stop_reason,) if isinstance(stop_reason, int) else stops
     for tok in candidates:
         if tok in last:
             return tok, _logprob_value(last[tok])
     return None
 
 
-def samples_from_outputs(rows: list[dict], outputs, spec: SamplingSpec) -> list[Sample]:
+def samples_from_outputs(rows: list[dict], outputs, spec: SamplingSpec, ids: TokenIds) -> list[Sample]:
     """vLLM RequestOutputs (one per row, in row order) to prompt-major Samples.
 
     A response that finished on a stop token ends with that token, as in the hf backend,
@@ -193,8 +190,8 @@ def samples_from_outputs(rows: list[dict], outputs, spec: SamplingSpec) -> list[
                 finish = "length"
             elif c.finish_reason == "stop":
                 finish = "stop"
-                if not token_ids or token_ids[-1] not in STOP_IDS:
-                    dropped = _dropped_stop_token(c, len(token_ids))
+                if not token_ids or token_ids[-1] not in ids.stops:
+                    dropped = _dropped_stop_token(c, len(token_ids), ids.stops)
                     if dropped is not None:
                         token_ids.append(dropped[0])
                         logprobs.append(dropped[1])
@@ -219,6 +216,7 @@ class VLLMBackend:
 
         self.cfg = cfg
         self.processor = load_processor(model_dir, cfg)
+        self.ids = TokenIds.from_tokenizer(self.processor)
         self._sampling_params = SamplingParams
         self.llm = LLM(**engine_kwargs(model_dir, cfg, tensor_parallel_size, gpu_memory_utilization, seed=seed,
                                        max_model_len=max_model_len, processor=self.processor))
@@ -229,7 +227,7 @@ class VLLMBackend:
         from tqdm.auto import tqdm
 
         requests = build_requests(self.processor, prompts)
-        base = sampling_kwargs(spec)
+        base = sampling_kwargs(spec, self.ids)
         params = [self._sampling_params(**{**base, "seed": request_seed(spec.seed, row["prompt_id"])})
                   for row in prompts]
 
@@ -237,4 +235,4 @@ class VLLMBackend:
             return tqdm(**{**kw, "desc": desc})
 
         outputs = self.llm.generate(requests, params, use_tqdm=progress)
-        return samples_from_outputs(prompts, outputs, spec)
+        return samples_from_outputs(prompts, outputs, spec, self.ids)
