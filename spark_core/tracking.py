@@ -8,6 +8,15 @@ history: it is tagged ``spark.rerun_of`` = the original run id and renamed
 
 The tracking URI comes from MLFLOW_TRACKING_URI (credentials, if any, from the
 environment or Flyte secrets, never from config); the default is a local SQLite file.
+In a Flyte pod (`FLYTE_INTERNAL_EXECUTION_ID` set by propeller) each task would get its
+own throw-away file, so there `check_tracking_uri` demands a server URI.
+
+Outages: MLflow's client retries a failed request 7 times with exponential backoff
+(about 4 minutes) by default. Here it retries `CLIENT_RETRIES` times (seconds, not
+minutes; MLFLOW_HTTP_REQUEST_* in the environment still win), so an unreachable server
+fails fast into the tracking tasks' own Flyte retries. Logging is idempotent per
+(metric, step): `log_metrics` skips what the run already holds and `backfill` logs the
+epochs an outage left out, so no step is ever logged twice.
 
 Secrets never reach MLflow: a param, tag or metric whose key looks like a secret
 (password, token, secret, api key, credential, ...) is refused with a ValueError that
@@ -22,6 +31,7 @@ import json
 import math
 import os
 import re
+import time
 
 EXPERIMENT = "spark"
 DEFAULT_DB = "mlflow.db"
@@ -36,11 +46,62 @@ def tracking_uri() -> str:
     return "sqlite:///" + os.path.abspath(os.environ.get("SPARK_MLFLOW_DB", DEFAULT_DB))
 
 
+# MLflow's HTTP client settings unless the environment sets them: 3 retries with a backoff
+# of 1, 2, 4 s (plus up to 0.5 s of jitter each) and 20 s per request
+CLIENT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                  "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+REMOTE_ENV = "FLYTE_INTERNAL_EXECUTION_ID"  # propeller sets it in every task pod
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server could not be reached (after the client's own retries)."""
+
+
+def in_flyte_pod() -> bool:
+    return bool(os.environ.get(REMOTE_ENV))
+
+
+def check_tracking_uri(remote: bool | None = None) -> str:
+    """The tracking URI, refused in a Flyte pod unless it names a server every pod shares."""
+    remote = in_flyte_pod() if remote is None else remote
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if remote and (not uri or uri.startswith(("sqlite:", "file:", "/", "."))):
+        what = f"MLFLOW_TRACKING_URI is {uri!r}, a file of this pod" if uri else "MLFLOW_TRACKING_URI is not set"
+        raise RuntimeError(
+            f"{what}: on a Flyte cluster every tracking task runs in its own pod, so each would write its own "
+            f"throw-away MLflow store and log_epoch would not find the run. Point the pods at a shared MLflow "
+            f"server: `pyflyte run --remote --env MLFLOW_TRACKING_URI=https://mlflow.example.com ...`, or "
+            f"propeller's plugins.k8s.default-env-vars for the whole cluster (docs/cluster.md, 'MLflow from pods')")
+    return tracking_uri()
+
+
 def _mlflow():
+    for key, value in CLIENT_RETRIES.items():
+        os.environ.setdefault(key, value)
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri())
     return mlflow
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether an exception from the MLflow client means the server was unreachable or
+    failing (connection refused, timeout, 5xx after retries), not a refused request."""
+    try:
+        import requests
+
+        if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
+                            requests.exceptions.RetryError)):
+            return True
+    except ImportError:  # pragma: no cover - mlflow depends on requests
+        pass
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, MlflowException):
+        # rest_utils wraps transport failures as "API request to <url> failed with exception ..."
+        text = str(exc)
+        return "failed with exception" in text or "Max retries exceeded" in text or "timed out" in text
+    return isinstance(exc, (ConnectionError, TimeoutError))
 
 
 _SECRET_WORDS = {"password", "passwd", "passphrase", "secret", "secrets", "token", "credential", "credentials",
@@ -98,13 +159,48 @@ def start_run(config: dict, run_name: str, tags: dict[str, str], experiment: str
         return run.info.run_id
 
 
-def log_metrics(run_id: str, metrics: dict[str, float], step: int) -> None:
+def _clean(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+
+
+def logged_steps(run_id: str, keys=None) -> dict[str, set[int]]:
+    """The steps at which the run already holds each of its metrics (or of `keys`)."""
+    client = _mlflow().MlflowClient()
+    present = set(client.get_run(run_id).data.metrics)
+    wanted = present if keys is None else present & set(keys)
+    return {k: {m.step for m in client.get_metric_history(run_id, k)} for k in sorted(wanted)}
+
+
+def _log_missing(run_id: str, by_step: dict[int, dict[str, float]]) -> int:
+    """Log each (metric, step) of `by_step` that the run does not hold yet; how many went in."""
+    from mlflow.entities import Metric
+
+    keys = {k for m in by_step.values() for k in m}
+    have = logged_steps(run_id, keys)
+    now = int(time.time() * 1000)
+    batch = [Metric(k, v, now, step) for step, m in sorted(by_step.items()) for k, v in sorted(m.items())
+             if step not in have.get(k, ())]
+    client = _mlflow().MlflowClient()
+    for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=batch[i:i + 1000])
+    return len(batch)
+
+
+def log_metrics(run_id: str, metrics: dict[str, float], step: int) -> int:
+    """Log an epoch's metrics at `step`, leaving out any the run already holds at that
+    step (a retried task logs nothing twice); the number of metrics logged."""
     check_loggable(metrics, "metric")
-    mlflow = _mlflow()
-    clean = {k: float(v) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and math.isfinite(float(v))}
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics(clean, step=step)
+    return _log_missing(run_id, {int(step): _clean(metrics)})
+
+
+def backfill(run_id: str, history: list[dict], first_step: int = 0) -> int:
+    """Log every epoch of `history` (epoch i at step first_step + i) that the run lacks:
+    what an outage during the run left out. The number of metrics logged."""
+    by_step = {first_step + i: _clean(m) for i, m in enumerate(history)}
+    for m in by_step.values():
+        check_loggable(m, "metric")
+    return _log_missing(run_id, by_step)
 
 
 def end_run(run_id: str, status: str = "FINISHED") -> None:
