@@ -160,6 +160,10 @@ class TrainConfig:
     train_batch_size: int = 64
     ppo_epochs: int = 1
     zero_stage: int = 2
+    # the stage a one-rank job runs instead, when lower: one rank has nothing to partition,
+    # and ZeRO-3 there still gathers and frees every module's weights in every micro-batch
+    # (spark_core/memory_budget.py, effective_zero_stage)
+    single_rank_zero_stage: int = 1
     bf16: bool = False
     gradient_checkpointing: bool = False
     # keep the vision encoder's weights fixed in the GRPO update (as VLM RL recipes often

@@ -54,14 +54,14 @@ ZERO3_MAX_LIVE_PARAMETERS = 1e9  # DeepSpeed's default stage3_max_live_parameter
 REDUCE_BUCKET = 5e8  # DeepSpeed's default reduce_bucket_size / allgather_bucket_size (elements)
 
 
-def effective_zero_stage(zero_stage: int, world: int) -> int:
+def effective_zero_stage(zero_stage: int, world: int, single_rank_stage: int = 1) -> int:
     """The ZeRO stage the trainer runs. A single rank has nothing to partition over, yet
     ZeRO-3 there still gathers and releases every module's weights in every micro-batch
     (and ZeRO-2 still routes every gradient through its reduce hooks), so world size 1
-    runs stage 1 (stage 0 stays 0): the same DeepSpeed ZeRO optimizer as stage 2, with its
-    skip of non-finite steps, and the same memory as ZeRO-3 on one rank. Several ranks keep
-    the stage asked for."""
-    return min(int(zero_stage), 1) if int(world) <= 1 else int(zero_stage)
+    runs at most `single_rank_stage` (train.single_rank_zero_stage, 1 by default: the same
+    DeepSpeed ZeRO optimizer as stage 2, with its skip of non-finite steps, and the same
+    memory as ZeRO-3 on one rank). Several ranks keep the stage asked for."""
+    return min(int(zero_stage), int(single_rank_stage)) if int(world) <= 1 else int(zero_stage)
 
 
 @dataclass(frozen=True)
@@ -235,7 +235,8 @@ def budget_for(cfg) -> ColocatedBudget | None:
     seg = cfg.cluster.segment
     world = max(1, seg.nproc_per_node) * max(1, seg.nnodes)
     return colocated_budget(model, gpu_gib=gpu, utilization=cfg.rollout.colocated_gpu_memory_utilization,
-                            world=world, zero_stage=effective_zero_stage(cfg.train.zero_stage, world),
+                            world=world, zero_stage=effective_zero_stage(cfg.train.zero_stage, world,
+                                                                        cfg.train.single_rank_zero_stage),
                             tensor_parallel=cfg.rollout.tensor_parallel_size, reference=cfg.train.kl_coef > 0,
                             bf16=cfg.train.bf16)
 

@@ -26,7 +26,7 @@ def test_zero3_partitions_policy_and_reference_and_saves_a_reloadable_checkpoint
 
     rows, scored = rollouts
     cfg = SparkConfig()
-    cfg.train.zero_stage = 3
+    cfg.train.zero_stage = cfg.train.single_rank_zero_stage = 3  # ZeRO-3 on the one CPU rank, as on many GPUs
     cfg.train.train_batch_size = cfg.train.micro_batch_size = 4
     cfg.train.lr = 5e-3
     trainer = GRPOTrainer(cfg, tiny_dir, tiny_dir)

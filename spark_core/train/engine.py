@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spark_core.config import SparkConfig, total_optimizer_steps, validate_train_batch
+from spark_core.memory_budget import effective_zero_stage
 from spark_core.model.loading import load_model, load_processor, save_checkpoint, save_processor
 from spark_core.model.logprobs import ResponseLogprobs, build_batch
 from spark_core.train import collectives as comm
@@ -138,10 +139,18 @@ def init_distributed() -> DistInfo:
 
 
 def deepspeed_config(cfg: SparkConfig, world: int, cuda: bool | None = None) -> dict:
+    """The DeepSpeed config of the policy for `world` ranks. The ZeRO stage is
+    `effective_zero_stage`: a single rank runs train.single_rank_zero_stage (1) when the
+    preset asks for more (ZeRO-3 there would gather and release every module's weights in
+    every micro-batch for nothing to partition over); several ranks keep train.zero_stage."""
     t = cfg.train
     ga = validate_train_batch(t, world)
     cuda = torch.cuda.is_available() if cuda is None else cuda
     bf16 = bool(t.bf16 and cuda)
+    stage = effective_zero_stage(t.zero_stage, world, t.single_rank_zero_stage)
+    if stage != t.zero_stage:
+        log.info("world size %d: ZeRO stage %d instead of train.zero_stage=%d (nothing to partition over one rank; "
+                 "train.single_rank_zero_stage)", world, stage, t.zero_stage)
     ds = {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": ga,
@@ -149,7 +158,7 @@ def deepspeed_config(cfg: SparkConfig, world: int, cuda: bool | None = None) -> 
         # compute_grad_norm / check_grad_overflow: a step whose gradient norm is not finite
         # is dropped whole by DeepSpeed (weights and optimizer state untouched); the trainer
         # relies on this to skip bad steps.
-        "zero_optimization": {"stage": t.zero_stage, "overlap_comm": cuda, "contiguous_gradients": True,
+        "zero_optimization": {"stage": stage, "overlap_comm": cuda, "contiguous_gradients": True,
                               "compute_grad_norm": True},
         "bf16": {"enabled": bf16, "check_grad_overflow": True},
         "optimizer": {
@@ -337,8 +346,9 @@ class GRPOTrainer:
         torch.manual_seed(cfg.train.seed)
         self.processor = load_processor(model_dir, cfg.model)
         self.ds_config = deepspeed_config(cfg, self.dist.world)
+        self.zero_stage = int(self.ds_config["zero_optimization"]["stage"])  # 1 on a single rank
         # ZeRO-3: policy and reference are built partitioned (no rank holds a whole model)
-        zero3 = self.ds_config if cfg.train.zero_stage == 3 else None
+        zero3 = self.ds_config if self.zero_stage == 3 else None
         model = load_model(model_dir, cfg.model, device=self.dist.device, for_training=True, zero3_config=zero3)
         if cfg.train.gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -597,7 +607,7 @@ class GRPOTrainer:
     def save_hf(self, out_dir: str) -> None:
         """A consolidated Hugging Face checkpoint of the policy, written by rank 0
         (every rank must call it: under ZeRO-3 the weights are gathered from all)."""
-        sd = self.engine._zero3_consolidated_16bit_state_dict() if self.cfg.train.zero_stage == 3 else None
+        sd = self.engine._zero3_consolidated_16bit_state_dict() if self.zero_stage == 3 else None
         if self.dist.rank == 0:
             if sd is not None:  # the wrapper's keys: keep the policy's, without the prefix
                 sd = {k[len("policy."):]: v for k, v in sd.items() if k.startswith("policy.")}
@@ -622,7 +632,7 @@ class GRPOTrainer:
         must enter it. A no-op below stage 3."""
         import contextlib
 
-        if self.cfg.train.zero_stage != 3:
+        if self.zero_stage != 3:
             return contextlib.nullcontext()
         from deepspeed.runtime.zero.stage3 import unwrap_model_for_generation
 
@@ -635,7 +645,7 @@ class GRPOTrainer:
         just for the time its tensors are consumed, so peak memory stays at one layer.
         The tensors are only valid until the next item is requested."""
         named = [(n, p) for n, p in self.module.named_parameters()]
-        if self.cfg.train.zero_stage != 3:
+        if self.zero_stage != 3:
             for n, p in named:
                 yield n, p.detach()
             return
