@@ -4,13 +4,15 @@ On one H100/H200 it builds a randomly initialised Qwen2.5-VL at a real width (th
 7B text config, written below; no download), with layers cut to fit a few minutes, and
 runs what an epoch runs, through the project's own code:
 
-  GRPOTrainer (DeepSpeed ZeRO-3, bf16, NCCL, world size 1; it builds policy and reference)
+  GRPOTrainer (DeepSpeed, bf16, NCCL, world size 1: ZeRO-1, as any one-rank update runs; --zero3
+  keeps the presets' ZeRO-3; it builds policy and reference)
   -> HF rollouts of synthetic image prompts on the trainer's live policy (spark_core.rollout.hf)
   -> reward (spark_core.reward.score_batch) -> recycling (spark_core.recycle.recycle)
   -> a GRPO pass -> rollouts of the recycled prompts -> a second pass that crashes after
      its first optimizer step and resumes from that step's checkpoint.
 
-It prints one table: rollout tokens/s, update tokens/s and MFU, peak GPU memory, the
+It prints one table: rollout tokens/s, update tokens/s and MFU under two conventions (this
+project's, and verl's / EasyR1's, which their published MFU figures use), peak GPU memory, the
 rollout-vs-trainer log-prob gap, KL and clip fraction at the first step, and whether every
 loss was finite. `--toy` (automatic without CUDA) runs the same path on the embedded tiny
 model on a CPU, in about a minute; tests/test_gpu_smoke.py runs it in CI.
@@ -70,6 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--micro", type=int, default=None, help="micro-batch size (default 8; toy 4)")
     p.add_argument("--train-batch", type=int, default=None, help="samples per optimizer step (default 32; toy 8)")
     p.add_argument("--image-size", type=int, default=None, help="synthetic image side in pixels (default 448; toy 112)")
+    p.add_argument("--zero3", action="store_true",
+                   help="ZeRO-3 on the one GPU, as the multi-GPU presets run (default: ZeRO-1, what a one-rank "
+                        "update runs)")
     p.add_argument("--torch-adam", action="store_true",
                    help="torch's AdamW instead of DeepSpeed's fused Adam (automatic where nvcc is missing)")
     p.add_argument("--workdir", default=None, help="where the model and checkpoints go (default: a temp dir)")
@@ -222,6 +227,25 @@ def pass_flops(rows: list[dict], params: dict, with_ref: bool, ppo_epochs: int, 
     return total * ppo_epochs
 
 
+def anchor_flops(text_config, seqlens: list[int]) -> float:
+    """FLOPs of a training forward and backward over sequences of `seqlens` tokens, counted
+    the way verl's and EasyR1's FlopsCounter count them (verl/utils/flops_counter.py, the
+    `qwen2_5_vl` entry): 6 per dense parameter per token, with the dense parameters those
+    of the decoder's attention projections and MLPs plus the embedding and the LM head
+    (vocab x hidden each, tied or not), and 12 x seqlen^2 x head_dim x heads x layers for
+    the attention scores and their backward. The vision tower, the reference model, the
+    recomputation of gradient checkpointing and the old-log-prob forward are not counted."""
+    c = text_config
+    hidden, layers, heads = c.hidden_size, c.num_hidden_layers, c.num_attention_heads
+    head_dim = hidden // heads
+    q = heads * head_dim
+    kv = c.num_key_value_heads * head_dim
+    mlp = 3 * hidden * c.intermediate_size  # gate, up and down projections
+    attn_linear = hidden * (q + 2 * kv + q)  # q, k, v and o projections
+    dense = (mlp + attn_linear) * layers + 2 * c.vocab_size * hidden
+    return 6.0 * dense * sum(seqlens) + 12.0 * sum(s * s for s in seqlens) * head_dim * heads * layers
+
+
 def use_torch_adam() -> None:
     """Make the trainer's DeepSpeed config take torch's AdamW. DeepSpeed's fused Adam is a
     CUDA op compiled at first use, which needs nvcc; a bare box with pip wheels has none."""
@@ -282,6 +306,8 @@ def run(args: argparse.Namespace) -> dict:
                                 max_pixels=1024 * 28 * 28)
         cfg.train = TrainConfig(lr=1e-5, micro_batch_size=micro, train_batch_size=train_batch, zero_stage=3,
                                 bf16=True, gradient_checkpointing=True)
+    if args.zero3:
+        cfg.train.single_rank_zero_stage = 3
     cfg.rollout.prompts_per_epoch, cfg.rollout.n_samples, cfg.rollout.max_new_tokens = n_prompts, G, max_new
     cfg.reward.timeout_s = 5.0
 
@@ -298,7 +324,8 @@ def run(args: argparse.Namespace) -> dict:
                         f"{info['vision_blocks']} vision blocks, random init, bf16")
     res["seconds_model_dir"] = time.time() - t0
 
-    # 2. the trainer: ZeRO-3 engine, policy and reference (total steps: the two passes)
+    # 2. the trainer: policy and reference in a DeepSpeed engine (ZeRO-1 on one rank unless --zero3;
+    # total steps: the two passes)
     torch_adam = args.torch_adam or (not toy and not (shutil.which("nvcc") or os.environ.get("CUDA_HOME")))
     if torch_adam:
         use_torch_adam()
@@ -364,11 +391,16 @@ def run(args: argparse.Namespace) -> dict:
     update_tokens *= cfg.train.ppo_epochs
     flops = pass_flops(scored, params, trainer.ref is not None, cfg.train.ppo_epochs,
                        TokenIds.from_tokenizer(trainer.processor).image)
+    anchor = cfg.train.ppo_epochs * anchor_flops(
+        trainer.module.config.text_config,
+        [len(r["prompt_token_ids"]) + len(r["response_token_ids"]) for r in scored])
     peak = peak_tflops(res["device"])
     first = m1["step_log"][0]
     res["update"] = {"steps": m1["steps"], "skipped": m1["skipped_steps"], "tokens": update_tokens,
                      "seconds": seconds, "tokens_per_s": update_tokens / seconds,
                      "tflops": flops / seconds / 1e12, "mfu": (flops / seconds / 1e12 / peak) if peak else None,
+                     "tflops_anchor": anchor / seconds / 1e12,
+                     "mfu_anchor": (anchor / seconds / 1e12 / peak) if peak else None,
                      "first_step_kl": first["kl"], "first_step_clip_frac": first["clip_frac"],
                      "grad_norms": [s["grad_norm"] for s in m1["step_log"]],
                      "trainer_gap": {k: v for k, v in m1.items() if "gap" in k}}
@@ -417,8 +449,11 @@ def table(res: dict) -> str:
         ("rollout tokens/s", f"{r['tokens_per_s']:.1f} ({r['response_tokens']} tokens, {r['sequences']} sequences, "
                              f"{r['seconds']:.1f} s)"),
         ("update tokens/s", f"{u['tokens_per_s']:.1f} ({u['tokens']} tokens, {u['steps']} steps, {u['seconds']:.1f} s)"),
-        ("update MFU", f"{100 * u['mfu']:.1f} % ({u['tflops']:.1f} TFLOP/s of {peak_tflops(res['device'])})"
+        ("update MFU, this project's count", f"{100 * u['mfu']:.1f} % ({u['tflops']:.1f} TFLOP/s of {peak_tflops(res['device'])})"
                        if u["mfu"] is not None else f"n/a ({u['tflops']:.3g} TFLOP/s)"),
+        ("update MFU, verl/EasyR1 convention",
+         f"{100 * u['mfu_anchor']:.1f} % ({u['tflops_anchor']:.1f} TFLOP/s of {peak_tflops(res['device'])})"
+         if u["mfu_anchor"] is not None else f"n/a ({u['tflops_anchor']:.3g} TFLOP/s)"),
         ("peak GPU memory", "n/a (CPU)" if res["peak_gpu_memory_gib"] is None
          else f"{res['peak_gpu_memory_gib']:.1f} GiB"),
         ("rollout-vs-trainer log-prob gap", f"mean {g['mean']:.2e}, max {g['max']:.2e} ({g['tokens']} tokens)"),
@@ -432,7 +467,7 @@ def table(res: dict) -> str:
         ("total time", f"{res['seconds_total']:.1f} s"),
     ]
     if u["trainer_gap"]:
-        rows.insert(9, ("trainer's gap metrics", ", ".join(f"{k} {v:.2e}" for k, v in u["trainer_gap"].items())))
+        rows.insert(10, ("trainer's gap metrics", ", ".join(f"{k} {v:.2e}" for k, v in u["trainer_gap"].items())))
     width = max(len(k) for k, _ in rows)
     lines = [f"| {'what':<{width}} | value |", f"|{'-' * (width + 2)}|-------|"]
     lines += [f"| {k:<{width}} | {v} |" for k, v in rows]

@@ -1,5 +1,6 @@
 """The GPU smoke (benchmarks/gpu_smoke.py) at toy size on CPU: the same command a GPU runs,
-through the real trainer (DeepSpeed ZeRO-3), HF rollouts, reward, recycling and a resume."""
+through the real trainer (DeepSpeed, ZeRO-1 on the one rank), HF rollouts, reward, recycling and a
+resume; and the MFU conventions it reports."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def test_gpu_smoke_runs_at_toy_size(tmp_path):
                 "every loss finite"):
         assert f"| {row}" in proc.stdout
     res = json.loads(out.read_text())
-    assert res["zero_stage"] == 3 and res["world_size"] == 1
+    assert res["zero_stage"] == 1 and res["world_size"] == 1  # one rank: ZeRO-1 although the smoke asks for 3
+    assert "| update MFU, verl/EasyR1 convention" in proc.stdout and res["update"]["tflops_anchor"] > 0
     assert res["flytekit_imported"] is False
     assert res["rollout"]["response_tokens"] > 0 and res["rollout"]["tokens_per_s"] > 0
     assert res["update"]["steps"] == 2 and res["update"]["tokens_per_s"] > 0
@@ -93,3 +95,20 @@ def test_real_width_model_dir_loads_and_generates(tmp_path):
     assert backend.model.config.text_config.hidden_size == 2048 and backend.model.dtype.is_floating_point
     (s,) = backend.generate(generate(1, seed=0), SamplingSpec(n=1, temperature=0.0, max_new_tokens=2))
     assert len(s.response_token_ids) >= 1 and len(s.logprobs) == len(s.response_token_ids)
+
+
+def test_anchor_mfu_counts_flops_as_verl_and_easyr1_do():
+    """6 x dense parameters (decoder projections and MLPs, embedding and LM head) per token
+    plus 12 x seqlen^2 x head_dim x heads x layers, on the Qwen2.5-VL-7B text config."""
+    from types import SimpleNamespace
+
+    smoke = _smoke_module()
+    c = SimpleNamespace(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+                        num_key_value_heads=4, vocab_size=152064)
+    per_layer = 3 * 3584 * 18944 + 3584 * (3584 + 2 * 4 * 128 + 3584)
+    dense = 28 * per_layer + 2 * 152064 * 3584
+    assert dense == 7_615_283_200  # the 7.6B "language model" parameters of benchmarks/step_time_estimate.py
+    flops = smoke.anchor_flops(c, [1000, 3000])
+    assert flops == 6 * dense * 4000 + 12 * (1000**2 + 3000**2) * 128 * 28 * 28 == 194_809_036_800_000
+    # attention grows with the square of the length: one 4000-token sequence costs more than two of 2000
+    assert smoke.anchor_flops(c, [4000]) - smoke.anchor_flops(c, [2000, 2000]) == 12 * 8_000_000 * 128 * 28 * 28
