@@ -50,3 +50,30 @@ def first_step_gradient(trainer, rows: list[dict], scored: list[dict]) -> dict:
     m = trainer.train_pass(rows, scored, "policy")
     assert m["steps"] == 1 and not m["step_log"][0]["skipped"]
     return grads
+
+
+# ---- a verifier comparator that misbehaves on request (spark_core.reward.verifier.COMPARE) ----
+# Workers import it by name, so it lives in a module, not in a test function.
+
+HANG_TOKEN = "__spark_verify_hang__"
+CRASH_TOKEN = "__spark_verify_crash__"
+
+
+def misbehaving_math_equal(gold: str, pred: str) -> bool:
+    """math_equal, except that it hangs on HANG_TOKEN and kills its process on CRASH_TOKEN."""
+    import time
+
+    from spark_core.reward.verifier import math_equal
+
+    if HANG_TOKEN in pred:
+        time.sleep(3600)
+    if CRASH_TOKEN in pred:
+        os._exit(3)
+    return math_equal(gold, pred)
+
+
+def score_into(out, responses: list[str], labels: list[str]) -> None:
+    """Process target: score in that process and put (reward, status) pairs on `out`."""
+    from spark_core.reward import score_batch
+
+    out.put([(r["reward"], r["status"]) for r in score_batch(responses, labels)])

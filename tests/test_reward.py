@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import multiprocessing
 import threading
 import time
 
@@ -11,6 +13,7 @@ from hypothesis import strategies as st
 
 from spark_core.reward import extract_boxed, score_batch, verify
 from spark_core.reward import verifier as V
+from tests.helpers import CRASH_TOKEN, HANG_TOKEN, misbehaving_math_equal, score_into
 
 # ---- extraction --------------------------------------------------------------------
 
@@ -113,48 +116,87 @@ def test_huge_input_is_fast():
 
 
 @pytest.fixture
-def hang_comparator(monkeypatch):
-    monkeypatch.setattr(V, "COMPARATOR", "misbehave_on_token")
-    yield V.HANG_TOKEN
+def one_worker():
+    """A fresh pool of one worker, so a later sample can only run on a replacement."""
+    V.shutdown_workers()
+    yield
+    V.shutdown_workers()
 
 
-def test_hanging_sample_times_out_and_next_sample_scores(hang_comparator):
+@pytest.fixture
+def misbehaving(monkeypatch, one_worker):
+    monkeypatch.setattr(V, "COMPARE", misbehaving_math_equal)
+
+
+def test_hanging_sample_times_out_and_next_sample_scores(misbehaving):
     verify(r"\boxed{2/4}", "0.5")  # warm a worker so start-up is not timed
-    responses = [rf"\boxed{{{hang_comparator}}}", r"\boxed{2/4}", r"\boxed{5}"]
+    responses = [rf"\boxed{{{HANG_TOKEN}}}", r"\boxed{2/4}", r"\boxed{5}"]
     t0 = time.perf_counter()
     out = score_batch(responses, ["3", "0.5", "3"], timeout_s=1.0, workers=1)
     elapsed = time.perf_counter() - t0
     assert out[0]["status"] == "timeout" and out[0]["reward"] == 0.0
+    # one worker: these ran on the replacement of the killed one
     assert out[1]["status"] == "ok" and out[1]["reward"] == 1.0
     assert out[2]["status"] == "wrong"
-    # the replacement worker has to start (~0.5 s), then the two samples run
+    # the replacement worker has to start (and import sympy), then the two samples run
     assert elapsed < 1.0 + 8.0
     assert out[0]["ms"] >= 900.0
 
 
-def test_single_hang_returns_near_timeout(hang_comparator):
+def test_single_hang_returns_near_timeout(misbehaving):
     verify(r"\boxed{2/4}", "0.5")
     t0 = time.perf_counter()
-    r = verify(rf"\boxed{{{hang_comparator}}}", "3", timeout_s=0.5)
+    r = verify(rf"\boxed{{{HANG_TOKEN}}}", "3", timeout_s=0.5)
     assert r["status"] == "timeout"
     assert time.perf_counter() - t0 < 0.5 + 1.5
     assert verify(r"\boxed{0.5}", r"\frac{1}{2}")["reward"] == 1.0
 
 
-def test_crashed_worker_scores_error_and_is_replaced(hang_comparator):
-    out = score_batch([rf"\boxed{{{V.CRASH_TOKEN}}}", r"\boxed{2/4}"], ["3", "0.5"], timeout_s=5.0, workers=1)
+def test_crashed_worker_scores_error_and_is_replaced(misbehaving):
+    out = score_batch([rf"\boxed{{{CRASH_TOKEN}}}", r"\boxed{2/4}"], ["3", "0.5"], timeout_s=5.0, workers=1)
     assert out[0]["status"] == "error" and out[0]["reward"] == 0.0
     assert out[1]["status"] == "ok"
 
 
-def test_falls_back_in_process_when_workers_cannot_start(monkeypatch):
-    def broken():
-        raise OSError("no processes for you")
+def test_falls_back_in_process_when_workers_cannot_start(monkeypatch, one_worker):
+    def no_processes(self):
+        raise OSError(errno.EAGAIN, "no processes for you")
 
-    monkeypatch.setattr(V, "_Worker", broken)
-    monkeypatch.setattr(V._POOL, "_idle", [])
+    monkeypatch.setattr(multiprocessing.get_context("fork").Process, "start", no_processes)
     out = score_batch([r"\boxed{\frac{3}{6}}", r"\boxed{7}"], ["0.5", "8"])
     assert [(o["reward"], o["status"]) for o in out] == [(1.0, "ok"), (0.0, "wrong")]
+    monkeypatch.undo()
+    assert verify(r"\boxed{2/4}", "0.5")["reward"] == 1.0  # the next call starts workers again
+
+
+def test_daemonic_caller_compares_in_process():
+    """A daemonic process may not start children; it still gets its scores."""
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    p = ctx.Process(target=score_into, args=(out, [r"\boxed{\frac{2}{4}}", r"\boxed{3}"], ["0.5", "4"]),
+                    daemon=True)
+    p.start()
+    try:
+        assert out.get(timeout=120) == [(1.0, "ok"), (0.0, "wrong")]
+    finally:
+        p.join(timeout=30)
+    assert p.exitcode == 0
+
+
+def test_forked_child_starts_its_own_workers():
+    """A child forked while the parent holds a pool scores with its own; the parent's
+    pool is untouched."""
+    assert verify(r"\boxed{2/4}", "0.5")["reward"] == 1.0
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    p = ctx.Process(target=score_into, args=(out, [r"\boxed{\frac{2}{4}}", r"\boxed{3}"], ["0.5", "4"]))
+    p.start()
+    try:
+        assert out.get(timeout=120) == [(1.0, "ok"), (0.0, "wrong")]
+    finally:
+        p.join(timeout=30)
+    assert p.exitcode == 0
+    assert verify(r"\boxed{\sqrt{4}}", "2")["reward"] == 1.0
 
 
 def test_works_from_a_thread():

@@ -7,33 +7,31 @@ Every result carries named sub-scores::
 
 Cheap decisions (no box, judge labels, string-equal answers) are made in the calling
 process. Only the symbolic comparison goes to math_verify, and that runs in separate
-worker processes: math_verify's own timeouts rely on SIGALRM, which only works on the
-main thread, and sympy can hang on adversarial input. A worker that overruns its
-per-sample budget is killed and replaced, so one bad sample costs at most ``timeout_s``.
+worker processes (a pebble ProcessPool): math_verify's own timeouts rely on SIGALRM,
+which only works on the main thread, and sympy can hang on adversarial input. A worker
+that overruns its per-sample budget is killed and replaced, so one bad sample costs
+about ``timeout_s``; a hang or a crashed worker scores 0.
 """
 
 from __future__ import annotations
 
-import atexit
 import logging
 import math
+import multiprocessing
+import multiprocessing.util
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
-from collections import deque
-from multiprocessing.connection import Connection
-from multiprocessing.connection import wait as _wait_for
+from concurrent.futures.process import BrokenProcessPool
+
+from pebble import ProcessPool
 
 log = logging.getLogger(__name__)
 
 SCAN_CHARS = 20_000  # only the tail of a response can hold its final answer
 JUDGE_LABELS = frozenset({"yes", "no", "a", "b"})
 STARTUP_TIMEOUT_S = 120.0  # a fresh worker imports sympy; generous on a loaded node
-MAX_IDLE_WORKERS = 8
-_MAX_STARTUP_FAILURES = 3
 
 STATUS_OK = "ok"
 STATUS_WRONG = "wrong"
@@ -134,174 +132,106 @@ def math_equal(gold: str, pred: str) -> bool:
     return bool(mv_verify(g, p, timeout_seconds=None))
 
 
-HANG_TOKEN = "__spark_verify_hang__"
-CRASH_TOKEN = "__spark_verify_crash__"
+# What the workers run on each (gold, pred): a module-level function, sent to them by name.
+COMPARE = math_equal
 
 
-def _math_equal_or_misbehave(gold: str, pred: str) -> bool:
-    if HANG_TOKEN in pred:
-        time.sleep(3600)
-    if CRASH_TOKEN in pred:
-        os._exit(3)
-    return math_equal(gold, pred)
-
-
-_COMPARATORS = {"math": math_equal, "misbehave_on_token": _math_equal_or_misbehave}
-# Which comparator workers run; tests select "misbehave_on_token" to exercise timeouts
-# and worker crashes.
-COMPARATOR = "math"
-
-
-def _worker_loop(inp: Connection, out: Connection) -> None:
+def _warm_up() -> None:
+    """Worker initializer: pay the sympy import before the first timed sample."""
     logging.getLogger("math_verify").setLevel(logging.ERROR)
     try:
-        math_equal("1", "1")  # pay the sympy import before the first timed sample
-    except Exception:
+        math_equal("1", "1")
+    except Exception:  # noqa: BLE001 - an initializer that raises would break the pool
         pass
-    out.send(("ready",))
-    while True:
-        try:
-            task = inp.recv()
-        except (EOFError, OSError):
-            return  # parent went away
-        if task is None:
-            return
-        name, gold, pred = task
-        try:
-            msg = ("done", bool(_COMPARATORS[name](gold, pred)))
-        except BaseException as e:  # noqa: BLE001 - report, never die on one sample
-            msg = ("error", f"{type(e).__name__}: {e}"[:300])
-        try:
-            out.send(msg)
-        except (EOFError, OSError):
-            return
 
 
-def _serve() -> None:
-    """Worker entry point: framed messages on stdin/stdout."""
-    rfd, wfd = os.dup(0), os.dup(1)
-    os.dup2(2, 1)  # stray prints from libraries must not corrupt the message stream
-    sys.stdout = sys.stderr
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    _worker_loop(Connection(rfd, writable=False), Connection(wfd, readable=False))
+def _timed(compare, gold: str, pred: str) -> tuple[bool, float]:
+    t0 = time.perf_counter()
+    return bool(compare(gold, pred)), (time.perf_counter() - t0) * 1000.0
 
 
 # ---- worker processes ----------------------------------------------------------------
 
-# Workers are plain subprocesses rather than multiprocessing children: they never
-# re-import the caller's __main__, and daemonic callers may start them too.
-_PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-_WORKER_CMD = "from spark_core.reward.verifier import _serve; _serve()"
+
+def _end_later(pool: ProcessPool, stop: bool) -> None:
+    """Stop `pool` now (pending tasks dropped) or close it (they finish); its workers
+    are joined in the background."""
+    if stop:
+        pool.stop()
+    else:
+        pool.close()
+    threading.Thread(target=pool.join, name="verifier-pool-end", daemon=True).start()
 
 
-class _Worker:
-    def __init__(self) -> None:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join([_PKG_ROOT] + [p for p in [env.get("PYTHONPATH", "")] if p])
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", _WORKER_CMD],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True,
-        )
-        try:
-            self.send_conn = Connection(os.dup(self.proc.stdin.fileno()), readable=False)
-            self.conn = Connection(os.dup(self.proc.stdout.fileno()), writable=False)
-        finally:
-            self.proc.stdin.close()
-            self.proc.stdout.close()
-        self.ready = False
-        self.born = time.monotonic()
-        self.task: int | None = None
-        self.t0 = 0.0
-        self.deadline = 0.0
+class _SharedPool:
+    """One pebble pool per process, shared by concurrent callers and grown on demand.
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def send(self, msg) -> None:
-        self.send_conn.send(msg)
-
-    def kill(self) -> None:
-        try:
-            self.proc.kill()
-            self.proc.wait(timeout=5)
-        except Exception:
-            pass
-        for c in (self.send_conn, self.conn):
-            try:
-                c.close()
-            except Exception:
-                pass
-
-    def stop(self) -> None:
-        try:
-            self.send(None)
-            self.proc.wait(timeout=1)
-        except Exception:
-            pass
-        self.kill()
-
-
-class _Pool:
-    """Idle workers kept between calls; concurrent callers each check out their own."""
+    pebble times each task from when a worker picks it up, and kills and replaces a
+    worker that overruns its task's timeout or dies. Workers are forked: "spawn" and
+    "forkserver" run the caller's __main__ again in every worker (an unguarded script
+    would run twice, a script read from stdin cannot be found). A worker only runs
+    sympy, never CUDA or OpenMP, so forking from a trainer or vLLM process is safe, as
+    for torch's DataLoader workers.
+    """
 
     def __init__(self) -> None:
+        self.forget_after_fork()
+
+    def forget_after_fork(self) -> None:
+        # a forked child owns neither the parent's pool nor, maybe, the lock's state
         self._lock = threading.Lock()
-        self._idle: list[_Worker] = []
-        self._pid = os.getpid()
+        self._pool: ProcessPool | None = None
+        self._size = 0
+        self._exit_hook = False
 
-    def _forget_after_fork(self) -> None:
-        # workers belong to the parent; a forked child must not touch them
-        self._lock = threading.Lock()
-        self._idle = []
-        self._pid = os.getpid()
-
-    def acquire(self, n: int) -> list[_Worker]:
-        got: list[_Worker] = []
+    def get(self, workers: int) -> ProcessPool:
         with self._lock:
-            while self._idle and len(got) < n:
-                w = self._idle.pop()
-                if w.alive():
-                    got.append(w)
-                else:
-                    w.kill()
-        while len(got) < n:
-            got.append(_Worker())
-        return got
+            if self._pool is not None and not self._pool.active:  # it failed
+                _end_later(self._pool, stop=True)
+                self._pool = None
+            elif self._pool is not None and self._size < workers:
+                _end_later(self._pool, stop=False)  # what others scheduled on it still runs
+                self._pool = None
+            if self._pool is None:
+                if not self._exit_hook:
+                    # pebble's workers are not daemonic: a multiprocessing child would wait
+                    # for them at exit, before any atexit hook, so stop them before that join
+                    multiprocessing.util.Finalize(None, self.shutdown, exitpriority=10)
+                    self._exit_hook = True
+                self._size = max(workers, self._size)
+                self._pool = ProcessPool(max_workers=self._size, initializer=_warm_up,
+                                         context=multiprocessing.get_context("fork"))
+            return self._pool
 
-    def release(self, workers: list[_Worker]) -> None:
-        surplus = []
+    def discard(self, pool: ProcessPool | None) -> None:
+        """Drop `pool` (the current one when None) after it failed; the next call starts
+        a fresh one. A pool already retired by growth finishes on its own."""
         with self._lock:
-            for w in workers:
-                if w.task is None and w.alive() and len(self._idle) < MAX_IDLE_WORKERS:
-                    self._idle.append(w)
-                else:
-                    surplus.append(w)
-        for w in surplus:
-            w.kill()
+            if pool is None or self._pool is pool:
+                pool, self._pool = self._pool, None
+            else:
+                return
+        if pool is not None:
+            _end_later(pool, stop=True)
 
     def shutdown(self) -> None:
-        if os.getpid() != self._pid:
-            return
         with self._lock:
-            idle, self._idle = self._idle, []
-        for w in idle:
-            w.stop()
+            pool, self._pool, self._size = self._pool, None, 0
+        if pool is not None:
+            pool.stop()
+            pool.join()
 
 
-_POOL = _Pool()
-atexit.register(_POOL.shutdown)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_POOL._forget_after_fork)
+_POOL = _SharedPool()
+os.register_at_fork(after_in_child=_POOL.forget_after_fork)
 
 
 def shutdown_workers() -> None:
-    """Stop the idle verifier workers (they are also stopped at interpreter exit)."""
+    """Stop the verifier workers (they are also stopped at interpreter exit)."""
     _POOL.shutdown()
 
 
-def _compare_in_process(name: str, gold: str, pred: str, timeout_s: float) -> tuple[str, str | None]:
+def _compare_in_process(gold: str, pred: str, timeout_s: float) -> str:
     """Fallback when no worker can be started: math_verify's own alarm where allowed
     (main thread only; elsewhere the comparison runs without a time limit)."""
     from math_verify import parse, verify as mv_verify
@@ -309,101 +239,52 @@ def _compare_in_process(name: str, gold: str, pred: str, timeout_s: float) -> tu
     on_main = threading.current_thread() is threading.main_thread()
     secs = max(1, int(math.ceil(timeout_s))) if on_main else None
     try:
-        if name != "math":
-            return STATUS_ERROR, "test comparators need worker processes"
         g = parse(f"${gold}$", parsing_timeout=secs)
         p = parse(f"${pred}$", parsing_timeout=secs)
-        ok = bool(g) and bool(p) and bool(mv_verify(g, p, timeout_seconds=secs))
-        return (STATUS_OK if ok else STATUS_WRONG), None
-    except Exception as e:  # noqa: BLE001
-        return STATUS_ERROR, f"{type(e).__name__}: {e}"[:300]
+        return STATUS_OK if bool(g) and bool(p) and bool(mv_verify(g, p, timeout_seconds=secs)) else STATUS_WRONG
+    except Exception:  # noqa: BLE001
+        return STATUS_ERROR
 
 
 def _compare_many(tasks: list[tuple[int, str, str]], timeout_s: float, workers: int) -> dict[int, tuple[str, float]]:
-    """Run (index, gold, pred) comparisons; returns index -> (status, ms). Never blocks
-    longer than about timeout_s per sample (plus worker start-up)."""
+    """Run (index, gold, pred) comparisons; returns index -> (status, ms). Each sample gets
+    `timeout_s` once a worker holds it, and the whole call at most STARTUP_TIMEOUT_S more
+    than its samples' budgets; samples still out then count as timed out."""
     results: dict[int, tuple[str, float]] = {}
-    name = COMPARATOR
-    pending = deque(tasks)
-
-    def run_locally() -> None:
-        while pending:
-            idx, gold, pred = pending.popleft()
-            t0 = time.perf_counter()
-            status, _ = _compare_in_process(name, gold, pred, timeout_s)
-            results[idx] = (status, (time.perf_counter() - t0) * 1000.0)
-
-    try:
-        pool = _POOL.acquire(max(1, min(workers, len(tasks))))
-    except Exception as e:  # noqa: BLE001
-        log.warning("verifier workers could not start (%s); comparing in-process", e)
-        run_locally()
-        return results
-
-    failures = 0
-
-    def replace(i: int) -> None:
-        pool[i].kill()
-        pool[i] = _Worker()
-
-    try:
-        while (pending or any(w.task is not None for w in pool)) and failures <= _MAX_STARTUP_FAILURES:
-            for i, w in enumerate(pool):
-                if w.ready and w.task is None and pending:
-                    item = pending.popleft()
-                    try:
-                        w.send((name, item[1], item[2]))
-                    except (OSError, ValueError):
-                        pending.appendleft(item)
-                        failures += 1
-                        replace(i)
-                        continue
-                    w.task, w.t0 = item[0], time.monotonic()
-                    w.deadline = w.t0 + timeout_s
-            waiting = [w for w in pool if not w.ready or w.task is not None]
-            if not waiting:
-                continue
-            due = min(w.deadline if w.task is not None else w.born + STARTUP_TIMEOUT_S for w in waiting)
-            ready = set(_wait_for([w.conn for w in waiting], timeout=max(0.0, due - time.monotonic())))
-            now = time.monotonic()
-            for i, w in enumerate(pool):
-                if w.ready and w.task is None:
-                    continue
-                if w.conn in ready:
-                    try:
-                        msg = w.conn.recv()
-                    except (EOFError, OSError):
-                        msg = None
-                    if msg is None:  # the worker died (e.g. out of memory)
-                        if w.task is not None:
-                            results[w.task] = (STATUS_ERROR, (now - w.t0) * 1000.0)
-                            w.task = None
-                        else:
-                            failures += 1
-                        replace(i)
-                    elif msg[0] == "ready":
-                        w.ready = True
-                    else:
-                        status = STATUS_ERROR if msg[0] == "error" else (STATUS_OK if msg[1] else STATUS_WRONG)
-                        results[w.task] = (status, (now - w.t0) * 1000.0)
-                        w.task = None
-                elif w.task is not None and now >= w.deadline:
-                    results[w.task] = (STATUS_TIMEOUT, (now - w.t0) * 1000.0)
-                    w.task = None
-                    replace(i)
-                elif not w.ready and now >= w.born + STARTUP_TIMEOUT_S:
-                    failures += 1
-                    replace(i)
-    except Exception as e:  # noqa: BLE001 - e.g. no new process can be started
-        log.warning("verifier worker pool failed (%s)", e)
-    finally:
-        for w in pool:
-            if w.task is not None:  # interrupted mid-sample; its worker is killed on release
-                results[w.task] = (STATUS_ERROR, (time.monotonic() - w.t0) * 1000.0)
-        _POOL.release(pool)
-    if pending:
-        log.warning("verifier workers keep failing to start; comparing %d samples in-process", len(pending))
-        run_locally()
+    scheduled: list[tuple[int, str, str, float, object]] = []
+    for attempt in range(2):  # a pool that fails to start is replaced once
+        pool = None
+        try:
+            pool = _POOL.get(max(1, workers))
+            for idx, gold, pred in tasks[len(scheduled):]:
+                fut = pool.schedule(_timed, args=(COMPARE, gold, pred), timeout=timeout_s)
+                scheduled.append((idx, gold, pred, time.monotonic(), fut))
+            break
+        except Exception as e:  # noqa: BLE001 - e.g. no process can be started, or a daemonic caller
+            _POOL.discard(pool)
+            if attempt:
+                log.warning("verifier workers could not start (%s); comparing in-process", e)
+    local = tasks[len(scheduled):]
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S + timeout_s * len(scheduled)
+    broken = None
+    for idx, gold, pred, t0, fut in scheduled:
+        try:
+            ok, ms = fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            results[idx] = (STATUS_OK if ok else STATUS_WRONG, ms)
+        except TimeoutError:  # pebble's per-sample timeout, or the call's deadline
+            fut.cancel()  # a no-op once done; else pebble stops the sample's worker
+            results[idx] = (STATUS_TIMEOUT, timeout_s * 1000.0)
+        except BrokenProcessPool as e:  # the pool failed as a whole; this sample never ran
+            broken = e
+            local.append((idx, gold, pred))
+        except Exception:  # noqa: BLE001 - the worker died on this sample, or the comparison raised
+            results[idx] = (STATUS_ERROR, (time.monotonic() - t0) * 1000.0)
+    if broken is not None:
+        log.warning("verifier worker pool failed (%s); comparing %d samples in-process", broken, len(local))
+        _POOL.discard(pool)
+    for idx, gold, pred in local:
+        t0 = time.perf_counter()
+        results[idx] = (_compare_in_process(gold, pred, timeout_s), (time.perf_counter() - t0) * 1000.0)
     return results
 
 
