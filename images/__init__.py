@@ -34,12 +34,23 @@ REGISTRY = os.environ.get("SPARK_IMAGE_REGISTRY", "localhost:30000")  # the Flyt
 PYTHON_VERSION = "3.11"
 
 # PyPI's torch 2.13.0 for linux x86_64 is built against CUDA 13.0 (nvidia-*-cu13 wheels
-# in the locks), so the system toolkit must be 13.0 too: flash-attn and DeepSpeed ops
-# are compiled against torch with the system nvcc.
+# in the locks), so the system toolkit must be 13.0 too: DeepSpeed's ops are compiled
+# just in time against torch with the system nvcc.
 CUDA_RUNTIME_BASE = "nvidia/cuda:13.0.2-runtime-ubuntu24.04"
 CUDA_DEVEL_BASE = "nvidia/cuda:13.0.2-devel-ubuntu24.04"
 
-FLASH_ATTN = "flash-attn==2.8.3.post2"
+# flash-attn as a prebuilt wheel for exactly this stack (CPython 3.11, torch 2.13, CUDA
+# 13.0, linux x86_64). PyPI has sdists only, and building one against CUDA 13 is reported
+# to fail (Dao-AILab/flash-attention#2064); the project's own releases carry no CUDA 13 +
+# torch 2.13 wheel. This one is flash-attn 2.8.3 built from its v2.8.3 tag by
+# mjun0812/flash-attention-prebuild-wheels (release v0.9.47, the build that added torch
+# 2.13.0 to its matrix). Its local version (+cu130torch2.13) must match the lock's torch:
+# a torch bump needs the wheel of the same torch minor and CUDA.
+FLASH_ATTN_VERSION = "2.8.3"
+FLASH_ATTN_LOCAL_VERSION = "2.8.3+cu130torch2.13"
+FLASH_ATTN_WHEEL = ("https://github.com/mjun0812/flash-attention-prebuild-wheels/releases/download/v0.9.47/"
+                    "flash_attn-2.8.3+cu130torch2.13-cp311-cp311-linux_x86_64.whl")
+FLASH_ATTN = f"flash-attn @ {FLASH_ATTN_WHEEL}"
 
 _source = dict(source_root=str(PROJECT_ROOT), source_copy_mode=CopyFileDetection.ALL)
 
@@ -79,24 +90,25 @@ def _flash_attn_base(name: str, lock: str) -> ImageSpec:
         registry=REGISTRY,
         base_image=CUDA_DEVEL_BASE,
         requirements=str(LOCKS / lock),
-        # compilers for the flash-attn build and DeepSpeed's JIT-built ops
+        # compilers for DeepSpeed's JIT-built ops (fused Adam)
         apt_packages=["build-essential", "git"],
         env={"CUDA_HOME": "/usr/local/cuda"},
         commands=[
-            f'MAX_JOBS=8 FLASH_ATTN_CUDA_ARCHS="80;90" uv pip install --no-build-isolation --no-deps "{FLASH_ATTN}"',
+            # the wheel's dependencies (torch, einops) are pinned by the lock; the build
+            # stops unless the installed wheel is the one built for the locked torch
+            f'uv pip install --no-deps "{FLASH_ATTN}" && python -c "from importlib.metadata import version; '
+            f'print(version(\'flash-attn\'))" | grep -qx "{FLASH_ATTN_LOCAL_VERSION}"',
         ],
     )
 
 
-# flash-attn is not in trainer.lock.txt: it publishes only an sdist whose build imports
-# torch, so it cannot be built in an isolated build environment from the same install
-# as torch. It is built afterwards against the locked torch (--no-build-isolation) with
-# its dependencies (torch, einops) already pinned by the lock (--no-deps). Only Ampere
-# and Hopper kernels are built, to bound compile time.
+# flash-attn is not in trainer.lock.txt: the locks are resolved from PyPI, which has no
+# wheel of it. The prebuilt wheel (FLASH_ATTN_WHEEL) is installed afterwards, with its
+# dependencies (torch, einops) already pinned by the lock (--no-deps).
 #
 # The dependencies live in their own image without project source: the builder runs
 # `commands` after copying the source, so with the source in the same image every
-# code change would recompile flash-attn.
+# code change would reinstall flash-attn.
 trainer_base_image = _flash_attn_base("spark-trainer-base", "trainer.lock.txt")
 
 # The trainer image itself only adds the project source (and its runtime env) on top.

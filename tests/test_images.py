@@ -166,13 +166,37 @@ def test_rollout_image():
     assert spec.cuda is None  # the default builder rejects cuda=; the base image brings it
 
 
+def images_lock_pin(name: str, package: str) -> str:
+    for line in (LOCK_DIR / f"{name}.lock.txt").read_text().splitlines():
+        if line.startswith(f"{package}=="):
+            return line.split("==", 1)[1].strip()
+    raise KeyError(package)
+
+
 def test_trainer_images():
     base, spec = images.trainer_base_image, images.trainer_image
-    assert "devel" in base.base_image  # nvcc for flash-attn and DeepSpeed ops
+    assert "devel" in base.base_image  # nvcc for DeepSpeed's JIT-built ops
     (cmd,) = base.commands
-    assert "--no-build-isolation" in cmd and "--no-deps" in cmd and "flash-attn==2.8.3.post2" in cmd
+    # a prebuilt wheel for the locked torch and the base image's CUDA, not a source build
+    # (flash-attn's sdist does not build against CUDA 13: Dao-AILab/flash-attention#2064)
+    assert "--no-deps" in cmd and f"flash-attn @ {images.FLASH_ATTN_WHEEL}" in cmd
+    wheel = images.FLASH_ATTN_WHEEL.rsplit("/", 1)[1]
+    torch_minor = ".".join(images_lock_pin("trainer", "torch").split(".")[:2])
+    cuda = images.CUDA_DEVEL_BASE.split(":")[1].split("-")[0]  # 13.0.2
+    python = "cp" + images.PYTHON_VERSION.replace(".", "")
+    assert wheel == (f"flash_attn-{images.FLASH_ATTN_VERSION}+cu{''.join(cuda.split('.')[:2])}torch{torch_minor}-"
+                     f"{python}-{python}-linux_x86_64.whl")
+    assert images.FLASH_ATTN_LOCAL_VERSION == f"{images.FLASH_ATTN_VERSION}+cu130torch{torch_minor}"
+    assert f'grep -qx "{images.FLASH_ATTN_LOCAL_VERSION}"' in cmd  # the build checks what it installed
     assert base.source_root is None  # source changes must not rebuild flash-attn
     assert spec.requirements is None and spec.commands is None
+
+
+def test_pyproject_names_the_flash_attn_of_the_images():
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["train-gpu"] == [f"flash-attn=={images.FLASH_ATTN_VERSION}"]
 
 
 def test_segment_images():
@@ -222,7 +246,7 @@ def test_dockerfiles_render_offline(tmp_path):
     assert "FROM nvidia/cuda:13.0.2-runtime-ubuntu24.04" in rendered["spark-rollout"]
     assert "VLLM_WORKER_MULTIPROC_METHOD=spawn" in rendered["spark-rollout"]
     assert "FROM nvidia/cuda:13.0.2-devel-ubuntu24.04" in rendered["spark-trainer-base"]
-    assert "flash-attn==2.8.3.post2" in rendered["spark-trainer-base"]
+    assert images.FLASH_ATTN_WHEEL in rendered["spark-trainer-base"]
     assert "flash-attn" not in rendered["spark-trainer"]
     assert f"FROM {images.trainer_base_image.image_name()}" in rendered["spark-trainer"]
 
