@@ -14,7 +14,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-.PHONY: install run test test-fast clean
+.PHONY: install run test test-fast test-research clean
 install: $(BIN)/.installed
 
 run: install
@@ -25,6 +25,10 @@ test: install
 
 test-fast: install
 	FLYTE_LOCAL_CACHE_ENABLED=false $(BIN)/python -m pytest -q -m "not slow"
+
+# the one-off studies under benchmarks/research (not part of `make test`)
+test-research: install
+	FLYTE_LOCAL_CACHE_ENABLED=false $(BIN)/python -m pytest -q benchmarks/research/tests
 
 clean:
 	rm -rf $(VENV) mlflow.db

@@ -1,6 +1,6 @@
 """The four ablation arms on the embedded default, at equal compute, over several seeds.
 
-    python benchmarks/arms.py --seeds 3 --write-readme
+    python -m benchmarks.arms --seeds 3 --write-readme
 
 prints, for each arm, the mean over seeds and a 95% t-interval of held-out accuracy and
 of judge accuracy (pointwise, pairwise, all), then the spark-minus-policy differences
@@ -35,9 +35,9 @@ import subprocess
 import sys
 import time
 
+from spark_core.config import SparkConfig
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-from spark_core.config import SparkConfig  # noqa: E402
 
 ARMS = ("policy", "reward", "policy_reward", "spark")
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     extra = json.loads(a.overrides)
     settings = {"epochs": a.epochs, "prompts": a.prompts, "eval_problems": a.eval_problems, "overrides": extra}
-    command = "python benchmarks/arms.py " + " ".join(
+    command = "python -m benchmarks.arms " + " ".join(
         [f"--seeds {a.seeds}", f"--epochs {a.epochs}", f"--prompts {a.prompts}", f"--eval-problems {a.eval_problems}"]
         + ([f"--seed-base {a.seed_base}"] if a.seed_base != 42 else [])
         + ([f"--arms {' '.join(a.arms)}"] if list(a.arms) != list(ARMS) else [])

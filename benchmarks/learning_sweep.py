@@ -1,6 +1,6 @@
 """Does the embedded default learn? The pipeline's stages called in one process.
 
-    python benchmarks/learning_sweep.py --set bootstrap.steps=400 --set train.lr=5e-4 \\
+    python -m benchmarks.learning_sweep --set bootstrap.steps=400 --set train.lr=5e-4 \\
         --epochs 3 [--arm spark] [--no-rl]
 
 Runs the same library functions as `pyflyte run workflows/spark.py spark` (tiny model,
@@ -17,11 +17,9 @@ import argparse
 import itertools
 import json
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 

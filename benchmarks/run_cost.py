@@ -25,8 +25,8 @@ publish the split).
 "overhead" is the share of GPU time that is not generation, training or evaluation
 compute; "x colocated" is GPU-hours over the colocated trainer's GPU-hours.
 
-    python benchmarks/run_cost.py                      # 7b-8xh100, K sweep, chosen K
-    python benchmarks/run_cost.py --case conservative --steps 300 --eval-every 10
+    python -m benchmarks.run_cost                      # 7b-8xh100, K sweep, chosen K
+    python -m benchmarks.run_cost --case conservative --steps 300 --eval-every 10
 """
 
 from __future__ import annotations
@@ -34,12 +34,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 from dataclasses import dataclass, fields, replace
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from spark_core.config import preset  # noqa: E402
+from spark_core.config import preset
 
 GB = 1e9
 VIRL39K_PROMPTS = 38_900  # "about 38.9k prompts" (ViRL39K, the SPARK paper's training set)

@@ -10,8 +10,8 @@ A "pass" is what RL frameworks call a step: roll out every prompt of the batch G
 times, score, and run the GRPO update over those samples. A workflow epoch runs two
 passes (the problems, then the recycled prompts) plus evaluation.
 
-    python benchmarks/step_time_estimate.py                 # 7b-8xh100
-    python benchmarks/step_time_estimate.py --preset 32b-16xh100
+    python -m benchmarks.step_time_estimate                 # 7b-8xh100
+    python -m benchmarks.step_time_estimate --preset 32b-16xh100
 """
 
 from __future__ import annotations

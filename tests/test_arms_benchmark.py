@@ -3,18 +3,13 @@ workflow runs, exercised by the end-to-end tests; here the parts that turn them 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import os
 import random
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("arms", os.path.join(ROOT, "benchmarks", "arms.py"))
-arms = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(arms)
+from benchmarks import arms
 
 
 def test_t_intervals_match_scipy():
@@ -77,7 +72,7 @@ def _rows():
 
 
 def test_report_and_readme_block(tmp_path):
-    block = arms.report(_rows(), "python benchmarks/arms.py --seeds 3", 640)
+    block = arms.report(_rows(), "python -m benchmarks.arms --seeds 3", 640)
     lines = block.splitlines()
     spark = next(line for line in lines if line.startswith("| spark |"))
     cells = [c.strip() for c in spark.strip("|").split("|")]

@@ -4,17 +4,11 @@ within 25% overhead and 1.25x a colocated trainer in both cases)."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-_SPEC = importlib.util.spec_from_file_location("run_cost", Path(__file__).resolve().parent.parent / "benchmarks" / "run_cost.py")
-rc = importlib.util.module_from_spec(_SPEC)
-sys.modules["run_cost"] = rc  # dataclasses look their module up
-_SPEC.loader.exec_module(rc)
+from benchmarks import run_cost as rc
 
 RUN = rc.Run(gpus=2, rollout_pods=2, gpus_per_rollout_pod=1, seqs=10, steps=4, eval_every=2, eval_prompts=10,
              eval_response=10, ckpt_gb=1, state_gb=6)

@@ -1,6 +1,6 @@
 """Could the model judge better with what it already knows? A judge built on its own answers.
 
-    python benchmarks/judge_ceiling.py [--start CHECKPOINT]
+    python -m benchmarks.research.judge_ceiling [--start CHECKPOINT]
 
 For the held-out judge set (the same problems, wrong answers and labels as the run's
 judge evaluation), compares the model's judge verdicts with two judges that only use
@@ -24,10 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 

@@ -1,6 +1,6 @@
 """Does the GRPO update move the policy? The same trainer on two rewards, same prompts.
 
-    python benchmarks/rl_signal.py [--start CHECKPOINT] [--rounds 3] [--lr 2e-4]
+    python -m benchmarks.research.rl_signal [--start CHECKPOINT] [--rounds 3] [--lr 2e-4]
 
 Repeats rollout -> score -> GRPO update on one fixed set of training problems, with
 the pipeline's own HF backend, verifier and DeepSpeed trainer, under two rewards:
@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def rounds_of(cfg, start: str, rows: list[dict], label: str | None, rounds: int, workdir: str) -> list[dict]:

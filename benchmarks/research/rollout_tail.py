@@ -1,6 +1,6 @@
 """How much of a rollout is noise from the vocabulary's tail, at each top-p.
 
-    python benchmarks/rollout_tail.py --start DIR [--top-p 1.0 0.9 0.8] [--prompts 64] [--sort-filter]
+    python -m benchmarks.research.rollout_tail --start DIR [--top-p 1.0 0.9 0.8] [--prompts 64] [--sort-filter]
 
 Samples G=8 answers at temperature 1 from a checkpoint (default: the tiny default's
 warm start, built first) on training problems and on judge prompts built from other
@@ -25,11 +25,9 @@ import argparse
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 WELL_FORMED = {"solve": r"\\boxed\{-?\d+\}", "judge": r"\\boxed\{(Yes|No|A|B)\}"}

@@ -1,6 +1,6 @@
 """How much held-out accuracy can N training problems buy? A supervised upper reference.
 
-    python benchmarks/supervised_control.py [--start CHECKPOINT | --carry] [--lr 1e-4 5e-4] \\
+    python -m benchmarks.research.supervised_control [--start CHECKPOINT | --carry] [--lr 1e-4 5e-4] \\
         [--prompts 64 256 1024 2048] [--schedule constant|anneal] [--noise 1e-4 1e-3] [--set key=value]
 
 Continues the warm-started model with supervised steps on the training problems the
@@ -30,10 +30,8 @@ import argparse
 import json
 import math
 import os
-import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
 BATCH = 32

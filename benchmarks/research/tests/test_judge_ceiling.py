@@ -1,16 +1,11 @@
-"""benchmarks/judge_ceiling.py on the real tiny model, and the judge-set draws it shares
+"""benchmarks/research/judge_ceiling.py on the real tiny model, and the judge-set draws it shares
 with the run's held-out judge set."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("judge_ceiling", os.path.join(ROOT, "benchmarks", "judge_ceiling.py"))
-judge_ceiling = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(judge_ceiling)
+from benchmarks.research import judge_ceiling
 
 
 def test_judge_draws_are_what_the_judge_prompts_show():

@@ -1,21 +1,16 @@
-"""benchmarks/rl_signal.py on the real tiny model: the fixed-answer reward really scores
+"""benchmarks/research/rl_signal.py on the real tiny model: the fixed-answer reward really scores
 against the replaced label, and each round's update moves the policy that the next
 round samples from."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 import torch
 
+from benchmarks.research import rl_signal
 from tests.helpers import safetensors_weights
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("rl_signal", os.path.join(ROOT, "benchmarks", "rl_signal.py"))
-rl_signal = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rl_signal)
 
 
 def test_rounds_update_the_policy_and_score_the_fixed_label(tiny_dir, tmp_path, monkeypatch):

@@ -1,18 +1,12 @@
-"""benchmarks/rollout_tail.py on the real tiny model: its table, and the backend's top-p
+"""benchmarks/research/rollout_tail.py on the real tiny model: its table, and the backend's top-p
 filter giving the very samples transformers' sorting filter gives."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
+from benchmarks.research import rollout_tail
 from spark_core.config import load_config
 from spark_core.data import generate
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("rollout_tail", os.path.join(ROOT, "benchmarks", "rollout_tail.py"))
-rollout_tail = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(rollout_tail)
 measure, table = rollout_tail.measure, rollout_tail.table
 
 

@@ -1,23 +1,17 @@
-"""benchmarks/supervised_control.py on the real tiny model: supervised steps on the given
+"""benchmarks/research/supervised_control.py on the real tiny model: supervised steps on the given
 problems with their true answers lower the loss on them, and each count of problems
 is evaluated from its own checkpoint."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 
 import pytest
 
+from benchmarks.research import supervised_control
 from tests.helpers import safetensors_weights
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("supervised_control",
-                                               os.path.join(ROOT, "benchmarks", "supervised_control.py"))
-supervised_control = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(supervised_control)
 
 
 def test_supervised_steps_learn_the_given_answers(tiny_dir, tmp_path):
