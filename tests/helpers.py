@@ -73,7 +73,9 @@ def misbehaving_math_equal(gold: str, pred: str) -> bool:
 
 
 def score_into(out, responses: list[str], labels: list[str]) -> None:
-    """Process target: score in that process and put (reward, status) pairs on `out`."""
-    from spark_core.reward import score_batch
+    """Process target: score in that process; put its (reward, status) pairs on `out`,
+    and whether it holds a worker pool of its own afterwards."""
+    from spark_core.reward import score_batch, verifier
 
-    out.put([(r["reward"], r["status"]) for r in score_batch(responses, labels)])
+    scores = [(r["reward"], r["status"]) for r in score_batch(responses, labels)]
+    out.put((scores, verifier._POOL._pool is not None))

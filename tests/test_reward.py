@@ -169,33 +169,33 @@ def test_falls_back_in_process_when_workers_cannot_start(monkeypatch, one_worker
     assert verify(r"\boxed{2/4}", "0.5")["reward"] == 1.0  # the next call starts workers again
 
 
-def test_daemonic_caller_compares_in_process():
-    """A daemonic process may not start children; it still gets its scores."""
-    ctx = multiprocessing.get_context("spawn")
+def _score_in_a_process(method: str, daemon: bool) -> bool:
+    """Score two answers in a child process (which must exit cleanly); whether the
+    child held a worker pool of its own."""
+    ctx = multiprocessing.get_context(method)
     out = ctx.Queue()
     p = ctx.Process(target=score_into, args=(out, [r"\boxed{\frac{2}{4}}", r"\boxed{3}"], ["0.5", "4"]),
-                    daemon=True)
+                    daemon=daemon)
     p.start()
     try:
-        assert out.get(timeout=120) == [(1.0, "ok"), (0.0, "wrong")]
+        scores, own_pool = out.get(timeout=120)
     finally:
         p.join(timeout=30)
-    assert p.exitcode == 0
+    assert scores == [(1.0, "ok"), (0.0, "wrong")]
+    assert p.exitcode == 0  # its pool's workers do not hold up its exit
+    return own_pool
+
+
+def test_daemonic_caller_compares_in_process():
+    """A daemonic process may not start children; it still gets its scores."""
+    assert _score_in_a_process("spawn", daemon=True) is False
 
 
 def test_forked_child_starts_its_own_workers():
-    """A child forked while the parent holds a pool scores with its own; the parent's
-    pool is untouched."""
+    """A child forked while the parent holds a pool scores with a pool of its own; the
+    parent's pool keeps working."""
     assert verify(r"\boxed{2/4}", "0.5")["reward"] == 1.0
-    ctx = multiprocessing.get_context("fork")
-    out = ctx.Queue()
-    p = ctx.Process(target=score_into, args=(out, [r"\boxed{\frac{2}{4}}", r"\boxed{3}"], ["0.5", "4"]))
-    p.start()
-    try:
-        assert out.get(timeout=120) == [(1.0, "ok"), (0.0, "wrong")]
-    finally:
-        p.join(timeout=30)
-    assert p.exitcode == 0
+    assert _score_in_a_process("fork", daemon=False) is True
     assert verify(r"\boxed{\sqrt{4}}", "2")["reward"] == 1.0
 
 
