@@ -1,4 +1,5 @@
-# Two entry points on a fresh machine: `make run` (the main job) and `make test`.
+# Entry points on a fresh machine: `make run` (a first look, minutes), `make learn` (a
+# documented learning run, about half an hour) and `make test`.
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -14,11 +15,14 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-.PHONY: install run test test-fast test-research clean
+.PHONY: install run learn test test-fast test-research clean
 install: $(BIN)/.installed
 
 run: install
-	$(BIN)/pyflyte run workflows/spark.py spark
+	$(BIN)/pyflyte run workflows/spark.py spark $(ARGS)
+
+learn: install
+	$(BIN)/pyflyte run workflows/spark.py spark --preset tiny-cpu-learn $(ARGS)
 
 test: install
 	FLYTE_LOCAL_CACHE_ENABLED=false $(BIN)/python -m pytest -q

@@ -372,9 +372,21 @@ def _gpu_preset(name: str, *, gpus: int, nnodes: int, max_new_tokens: int, rollo
     return cfg
 
 
+def tiny_learn_preset() -> SparkConfig:
+    """`make learn`: the tiny default run long enough to learn (about 30 minutes on 2
+    cores): more epochs of more prompts, and a larger held-out set so that a 10-point
+    gain is well outside its noise. Same model, warm start and stages as tiny-cpu."""
+    cfg = SparkConfig(preset="tiny-cpu-learn", epochs=10)
+    cfg.rollout = dataclasses.replace(cfg.rollout, prompts_per_epoch=128)
+    cfg.data = dataclasses.replace(cfg.data, synthetic_eval=400)
+    return cfg
+
+
 def preset(name: str = "tiny-cpu") -> SparkConfig:
     if name == "tiny-cpu":
         return SparkConfig()
+    if name == "tiny-cpu-learn":
+        return tiny_learn_preset()
     if name == "7b-8xh100":
         return _gpu_preset(name, gpus=8, nnodes=1, max_new_tokens=768, rollout_gpus=8)
     if name == "32b-16xh100":
@@ -388,7 +400,18 @@ def preset(name: str = "tiny-cpu") -> SparkConfig:
     raise KeyError(f"unknown preset {name!r}; choose from {PRESETS}")
 
 
-PRESETS = ("tiny-cpu", "7b-8xh100", "32b-16xh100")
+PRESETS = ("tiny-cpu", "tiny-cpu-learn", "7b-8xh100", "32b-16xh100")
+
+
+def check_registered_preset(preset_name: str, registered: str) -> None:
+    """Task pods are sized from the preset named by SPARK_PRESET when the workflow is
+    registered (tasks/resources.py); a `preset` input whose cluster section differs would
+    run on pods sized for another preset, so it is refused, saying how to fix it."""
+    if preset(preset_name).cluster != preset(registered).cluster:
+        raise ValueError(
+            f"preset {preset_name!r} needs other pods than the registered SPARK_PRESET={registered!r}: register "
+            f"with SPARK_PRESET={preset_name} (e.g. `SPARK_PRESET={preset_name} pyflyte run --remote "
+            f"workflows/spark.py spark --preset {preset_name} ...`)")
 
 
 def load_config(preset_name: str = "tiny-cpu", overrides_json: str = "") -> SparkConfig:

@@ -48,14 +48,19 @@ class SparkOutput(NamedTuple):
     summary: RunSummary  # last, so a local `pyflyte run` ends with its readable text
 
 
-@task(container_image=light_image, resources=LIGHT)
+@task(container_image=light_image, resources=LIGHT, environment={"SPARK_PRESET": PRESET})
 def make_config(preset: str, epochs: int, arm: str, model: str, data: str, eval_data: str,
                 overrides: str, mode: str = "") -> Configs:
     """Preset + workflow inputs + JSON overrides -> the full config every task receives."""
-    from spark_core.config import load_config, prefix_view
+    from spark_core.config import check_registered_preset, load_config, prefix_view
 
+    # pods were sized from SPARK_PRESET when the tasks were registered: refuse a preset
+    # input that would need other pods
+    check_registered_preset(preset, PRESET)
     cfg = load_config(preset, overrides)
-    fields = {"epochs": epochs, "recycle.arm": arm}
+    fields = {"recycle.arm": arm}
+    if epochs > 0:
+        fields["epochs"] = epochs
     if mode:
         fields["loop.mode"] = mode
     fields.update({k: v for k, v in {"model.path": model, "data.train_path": data,
@@ -180,11 +185,12 @@ def coevolve(config_json: str, run_id: str, start: Checkpoint, train: Structured
 
 
 @workflow
-def spark(preset: str = PRESET, epochs: int = 2, arm: str = "spark", model: str = "", data: str = "",
+def spark(preset: str = PRESET, epochs: int = 0, arm: str = "spark", model: str = "", data: str = "",
           eval_data: str = "", overrides: str = "", mode: str = "") -> SparkOutput:
     """Run `epochs` SPARK co-evolution epochs.
 
-    preset: tiny-cpu | 7b-8xh100 | 32b-16xh100. arm: spark | policy | reward | policy_reward
+    preset: tiny-cpu | tiny-cpu-learn | 7b-8xh100 | 32b-16xh100. epochs: 0 = the preset's
+    (tiny-cpu 2, tiny-cpu-learn more). arm: spark | policy | reward | policy_reward
     (ablations). model/data/eval_data: local paths or bucket URIs ("" = embedded tiny model
     and synthetic data). overrides: JSON of dotted config keys, e.g. '{"train.lr": 1e-6}'.
     mode: dag (a node per stage) | segment (K colocated epochs per node); "" = the preset's.
