@@ -226,10 +226,13 @@ class ColocatedVLLM:
             return []
         if self.asleep:
             raise RuntimeError("the vLLM engine is asleep: call sync(trainer) before generating")
-        base = sampling_kwargs(spec)
+        from spark_core.model.token_ids import TokenIds
+
+        ids = TokenIds.from_tokenizer(self.processor)
+        base = sampling_kwargs(spec, ids)
         params = [self._sampling_params(**{**base, "seed": request_seed(spec.seed, r["prompt_id"])}) for r in prompts]
         outputs = self.llm.generate(build_requests(self.processor, prompts), params, use_tqdm=False)
-        return samples_from_outputs(prompts, outputs, spec)
+        return samples_from_outputs(prompts, outputs, spec, ids)
 
 
 def _engine_model(llm):
