@@ -1,71 +1,42 @@
-"""Cache version of every cached stage, and a fingerprint that keeps it honest.
+"""Cache version of every cached stage, computed from the sources the stage runs.
 
-Flyte's cache key is task name + cache version + inputs: editing a stage's code does
-*not* invalidate its cached outputs. So every cached stage also has a fingerprint, the
-sha256 of the raw bytes of the source files its behaviour depends on (STAGE_SOURCES),
-recorded with its version in tasks/cache_fingerprints.json.
-tests/test_cache_versions.py fails, naming the stage and the changed files, when a
-stage's sources changed but its version did not.
+Flyte's cache key is task name + cache version + interface + inputs, so editing a
+stage's code must change its cache version, or Flyte reuses outputs of the old code.
+Each stage's version is therefore computed, by a flytekit cache policy (`StageSources`),
+from the files its behaviour depends on (STAGE_SOURCES):
 
-How to bump, after changing code a cached stage runs:
+- a `.py` file counts by its token stream (Python's `tokenize`), without comments and
+  without the newlines that end no statement: a comment or a blank line changes
+  nothing, any change to code, strings or docstrings changes the version;
+- any other file counts by its raw bytes;
+- each file's path relative to the project root counts too (so a renamed or an added
+  file counts); absolute paths, mtimes and git state do not, so every machine and
+  every checkout of the same code computes the same versions.
 
-    python -m tasks.cache_versions              # which stages changed, and which files
-    # edit CACHE_VERSIONS below: "rollout": "1" -> "2" for every stage listed
-    python -m tasks.cache_versions --update     # record the new versions and fingerprints
+Tasks declare `@task(cache=stage_cache("rollout"), ...)`. `python -m tasks.cache_versions`
+prints each stage's current version.
 
-`--update` refuses (exit code 1, nothing written) while any stage has changed sources
-and an unchanged version; it lists those stages and files. A change that really does
-not alter outputs (a comment, a refactor) still needs a bump: the check is on bytes,
-on purpose, so it cannot be argued with.
+When a stage starts calling another module, add that file to STAGE_SOURCES;
+tests/test_cache_versions.py checks that the list covers every project module the
+stage's task function imports, directly or through other project modules, lazy
+imports included. `spark_core/config.py`, `spark_core/schemas.py` and
+`tasks/common.py` are in every stage: they decide how the config is read and what the
+artifacts look like.
 
-When a stage starts calling another module, add that file to STAGE_SOURCES; the test
-also checks that the list covers every project module the stage's task function
-imports, directly or through other project modules. `spark_core/config.py`,
-`spark_core/schemas.py` and `tasks/common.py` are in every stage: they decide how the
-config is read and what the artifacts look like.
-
-This module is imported by every task module, so it imports nothing heavy.
+This module is imported by every task module, so it imports nothing heavy (flytekit's
+`Cache` only inside `stage_cache`).
 """
 
 from __future__ import annotations
 
 import glob
 import hashlib
-import json
+import io
 import os
 import sys
-
-# Version history: "2" everywhere is the first version with recorded fingerprints (every
-# stage's sources had changed since "1"). Note why when bumping, e.g. `"rollout": "3",  # 3: top-p fixed`.
-# 3 (all stages): config gained tensor-parallel rollouts for the 32b preset
-# +1 (all stages): config batch check and train.tis_cap; fp32 LM head in the shared log-prob code (issue 9)
-# +1 (all stages): config gained the loop section and the state volume; stage bodies moved into spark_core functions shared with the segment
-# +1 (all stages): new tiny-cpu defaults (larger tiny model with a wider embedding init, more and easier
-# synthetic problems, brief warm-start targets); eval.every; prefix_view resets the loop seeds; wrong
-# answers checked by the verifier (bootstrap, judge_eval_set, recycle)
-# +1 (all stages): all of the above together
-# +1 (all stages): colour-amount synthetic tasks (data.synthetic_tasks), fan-in init of the tiny model,
-# warm-start lr 1e-3, RL lr 5e-5, train.freeze_vision
-# +1 (all stages): synthetic_split, one embedding-init rule, sft_step; the unused
-# model.tiny.vision_out_hidden_size is gone (the vision merger's width is the text width); judge_draws
-# +1 (all stages): eval.answer_likelihood_problems (the held-out true answer's probability)
-# +1 (all stages): rollout.top_p documented and explicit in the GPU presets; the HF backend's top-p filter reads the nucleus off topk
-CACHE_VERSIONS = {
-    "data": "11",  # 4: ViRL39K forms in the loader
-    "base_model": "11",  # 4: vision ids in responses (log-prob pass)
-    "bootstrap": "13",  # 5: loader and log-prob changes
-    "judge_eval_set": "14",  # 4: balanced held-out judge set; 5: shares tasks/evaluate.py with the eval Deck; 7: explicit sampling knobs; 9: wrong answers verified
-    "select_prompts": "11",  # 4: ViRL39K forms in the loader
-    "rollout": "11",  # 4: explicit sampling knobs, vision tokens never sampled, PIL image processor in vLLM
-    "reward": "11",
-    "recycle": "12",
-    "update": "15",  # 2: resume mid-pass; 3: optimizer state shared by the ranks of a node; 5: NaN-gradient hook; 6: issue 9 trainer; 7: GRPOTrainer; 9: full_weights context; 13: TORCH_CUDA_ARCH_LIST made readable for fused Adam
-    "evaluate": "13",  # 12: eval/judge_answer_prob; 4: a Deck with this epoch's per-benchmark table; 5: explicit sampling knobs
-    "segment": "14",  # 13: teacher-forced eval metrics in segments; 12: eval/judge_answer_prob; 10: TORCH_CUDA_ARCH_LIST made readable for fused Adam; 6: its own image with vLLM and DeepSpeed; 5: HF colocated engine gathers ZeRO-3 weights while it generates
-}
+import tokenize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FINGERPRINTS_FILE = os.path.join(ROOT, "tasks", "cache_fingerprints.json")
 
 # The cached task functions of each stage: [(module file, function name)]. Tasks that
 # share a stage share its version.
@@ -89,11 +60,13 @@ _MODEL = ["spark_core/model/*.py"]
 _ROLLOUT = ["spark_core/rollout/__init__.py", "spark_core/rollout/base.py", "spark_core/rollout/hf.py",
             "spark_core/rollout/vllm_backend.py"] + _MODEL
 
-# Files (globs relative to the project root) whose bytes define each stage's behaviour.
+# Files (globs relative to the project root) whose contents define each stage's behaviour.
 STAGE_SOURCES: dict[str, list[str]] = {
     "data": _COMMON + ["tasks/data.py", "spark_core/data/*.py"],
     "select_prompts": _COMMON + ["tasks/data.py", "spark_core/data/*.py"],
-    "base_model": _COMMON + ["tasks/model.py"] + _MODEL,
+    # the tiny tokenizer is trained on the synthetic tasks' text (tokenizer.task_corpus)
+    "base_model": _COMMON + ["tasks/model.py", "spark_core/data/*.py", "spark_core/recycle/*.py",
+                             "spark_core/reward/*.py"] + _MODEL,
     "bootstrap": _COMMON + ["tasks/model.py", "spark_core/train/__init__.py", "spark_core/train/sft.py",
                             "spark_core/train/grpo.py", "spark_core/recycle/*.py", "spark_core/data/*.py",
                             "spark_core/reward/*.py"] + _MODEL,
@@ -122,130 +95,125 @@ def stage_files(stage: str, root: str = ROOT) -> list[str]:
     """The files of a stage, relative to `root`, sorted. A glob matching nothing is an error."""
     files: set[str] = set()
     for pattern in STAGE_SOURCES[stage]:
-        hits = glob.glob(os.path.join(root, pattern))
+        hits = [h for h in glob.glob(os.path.join(root, pattern)) if os.path.isfile(h)]
         if not hits:
             raise FileNotFoundError(f"stage {stage!r}: source pattern {pattern!r} matches no file under {root}")
         files.update(os.path.relpath(h, root).replace(os.sep, "/") for h in hits)
     return sorted(files)
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
+def _slice(lines: list[str], start: tuple[int, int], end: tuple[int, int]) -> str:
+    (r1, c1), (r2, c2) = start, end
+    if r1 == r2:
+        return lines[r1 - 1][c1:c2]
+    return lines[r1 - 1][c1:] + "".join(lines[r1:r2 - 1]) + lines[r2 - 1][:c2]
+
+
+def _python_tokens(text: str):
+    """(token name, text) of the code in `text`, without comments and non-logical newlines.
+
+    Names, not token numbers, and NEWLINE without its text (a last line may lack it).
+    Python 3.12+ splits an f-string into FSTRING_START ... FSTRING_END; it is joined back
+    into the one STRING token that Python 3.11 yields, with the same source text."""
+    lines = io.StringIO(text).readlines()
+    depth, start = 0, (0, 0)
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        name = tokenize.tok_name[tok.type]
+        if name.endswith("STRING_START"):  # FSTRING_START, and TSTRING_START in 3.14
+            depth, start = depth + 1, (tok.start if depth == 0 else start)
+        elif depth:
+            if name.endswith("STRING_END"):
+                depth -= 1
+                if depth == 0:
+                    yield "STRING", _slice(lines, start, tok.end)
+        elif tok.type in (tokenize.COMMENT, tokenize.NL):
+            continue
+        else:
+            yield name, "" if tok.type == tokenize.NEWLINE else tok.string
+
+
+_DIGESTS: dict[tuple[bool, str], str] = {}  # (is python, sha256 of the bytes) -> digest
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file's content: a `.py` file's code tokens, any other file's bytes."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+        data = f.read()
+    is_py = path.endswith(".py")
+    key = (is_py, hashlib.sha256(data).hexdigest())
+    if key not in _DIGESTS:
+        if not is_py:
+            _DIGESTS[key] = key[1]
+        else:
+            encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+            text = data.decode(encoding).replace("\r\n", "\n").replace("\r", "\n")
+            if text.startswith("\ufeff"):
+                text = text[1:]
+            h = hashlib.sha256()
+            for name, s in _python_tokens(text):
+                b = s.encode("utf-8")
+                h.update(f"{name} {len(b)}\n".encode() + b)
+            _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def stage_digest(stage: str, root: str = ROOT, salt: str = "") -> str:
+    """One sha256 over the stage's name, the salt, and each source file's relative path and digest."""
+    h = hashlib.sha256(f"stage {stage}\nsalt {salt}\n".encode())
+    for rel in stage_files(stage, root):
+        h.update(rel.encode() + b"\0" + file_digest(os.path.join(root, rel)).encode() + b"\n")
     return h.hexdigest()
 
 
-def file_hashes(stage: str, root: str = ROOT) -> dict[str, str]:
-    return {rel: _sha256_file(os.path.join(root, rel)) for rel in stage_files(stage, root)}
+class StageSources:
+    """flytekit cache policy (flytekit.core.cache.CachePolicy): a stage's version is the
+    digest of its sources (STAGE_SOURCES) under `root`."""
+
+    def __init__(self, stage: str, root: str = ROOT):
+        if stage not in STAGE_SOURCES:
+            raise KeyError(f"unknown stage {stage!r}; stages: {sorted(STAGE_SOURCES)}")
+        self.stage, self.root = stage, root
+
+    def get_version(self, salt: str, params=None) -> str:
+        return stage_digest(self.stage, self.root, salt)
+
+    def __repr__(self) -> str:
+        return f"StageSources({self.stage!r})"
 
 
-def combine(hashes: dict[str, str]) -> str:
-    """One fingerprint from per-file hashes (names included, so a renamed file counts)."""
-    h = hashlib.sha256()
-    for rel in sorted(hashes):
-        h.update(rel.encode() + b"\0" + hashes[rel].encode() + b"\n")
-    return h.hexdigest()
+def stage_cache(stage: str, root: str = ROOT):
+    """`Cache(policies=StageSources(stage))`, for `@task(cache=stage_cache("rollout"))`."""
+    from flytekit import Cache
+
+    return Cache(policies=StageSources(stage, root))
 
 
-def current(root: str = ROOT) -> dict[str, dict]:
-    """{stage: {"version", "fingerprint", "files"}} for the code as it is now."""
-    out = {}
-    for stage in CACHE_VERSIONS:
-        hashes = file_hashes(stage, root)
-        out[stage] = {"version": CACHE_VERSIONS[stage], "fingerprint": combine(hashes), "files": hashes}
-    return out
+def stage_version(stage: str, root: str = ROOT) -> str:
+    """The cache version flytekit gives a task with `stage_cache(stage)` (Cache.get_version
+    hashes the concatenated outputs of its policies), without importing flytekit."""
+    return hashlib.sha256(StageSources(stage, root).get_version("").encode()).hexdigest()
 
 
-def load_recorded(path: str | None = None) -> dict[str, dict]:
-    path = path or FINGERPRINTS_FILE
-    if not os.path.exists(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def versions(root: str = ROOT) -> dict[str, str]:
+    """{stage: cache version} for the code under `root` as it is now."""
+    return {stage: stage_version(stage, root) for stage in STAGE_TASKS}
 
 
-def changed_files(recorded: dict, now: dict) -> list[str]:
-    """Files added, removed or modified between two records of one stage."""
-    old, new = recorded.get("files", {}), now.get("files", {})
-    out = [f"{f} (modified)" for f in sorted(set(old) & set(new)) if old[f] != new[f]]
-    out += [f"{f} (added)" for f in sorted(set(new) - set(old))]
-    out += [f"{f} (removed)" for f in sorted(set(old) - set(new))]
-    return out
-
-
-def stale_stages(recorded: dict[str, dict], now: dict[str, dict]) -> dict[str, list[str]]:
-    """Stages whose sources changed while their version stayed the same: {stage: files}."""
-    return {stage: changed_files(recorded[stage], rec) for stage, rec in now.items()
-            if stage in recorded and recorded[stage]["version"] == rec["version"]
-            and recorded[stage]["fingerprint"] != rec["fingerprint"]}
-
-
-def unrecorded_stages(recorded: dict[str, dict], now: dict[str, dict]) -> list[str]:
-    """Stages that are new or whose version was bumped without `--update`."""
-    return [s for s, rec in now.items() if s not in recorded or recorded[s]["version"] != rec["version"]]
-
-
-def stale_message(stale: dict[str, list[str]]) -> str:
-    lines = ["These cached stages changed but kept their cache version, so Flyte would reuse outputs "
-             "computed by the old code. Bump their version in tasks/cache_versions.py (CACHE_VERSIONS), "
-             "then run `python -m tasks.cache_versions --update`:"]
-    for stage, files in sorted(stale.items()):
-        lines.append(f"  {stage} (version {CACHE_VERSIONS.get(stage, '?')}): " + ", ".join(files))
-    return "\n".join(lines)
-
-
-def plan_update(recorded: dict[str, dict], now: dict[str, dict]) -> tuple[dict[str, dict], dict[str, list[str]]]:
-    """(the new record, stale stages). The record takes the current fingerprint of every
-    stage that is new or was bumped, keeps the others, drops stages that no longer exist.
-    If any stage is stale the caller must refuse to write."""
-    stale = stale_stages(recorded, now)
-    new = {s: (now[s] if s in unrecorded_stages(recorded, now) else recorded[s]) for s in now}
-    return new, stale
-
-
-def write_recorded(record: dict[str, dict], path: str | None = None) -> None:
-    path = path or FINGERPRINTS_FILE
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def main(argv: list[str] | None = None, *, root: str = ROOT, path: str | None = None) -> int:
+def main(argv: list[str] | None = None, *, root: str = ROOT) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="python -m tasks.cache_versions",
-                                description="Check or record the cache fingerprints of the cached stages.")
-    p.add_argument("--update", action="store_true",
-                   help="record versions and fingerprints of new or bumped stages (refuses if any stage is stale)")
+                                description="Print the cache version of each cached stage, computed from its sources.")
+    p.add_argument("stages", nargs="*", help="only these stages, with the files each version is computed from")
     args = p.parse_args(argv)
-    recorded, now = load_recorded(path), current(root)
-    new, stale = plan_update(recorded, now)
-    if stale:
-        print(stale_message(stale), file=sys.stderr)
-        if args.update:
-            print("Nothing written.", file=sys.stderr)
-        return 1
-    pending = unrecorded_stages(recorded, now)
-    dropped = sorted(set(recorded) - set(now))
-    if not args.update:
-        if pending or dropped:
-            print("Not recorded yet (run with --update): " + ", ".join(pending + [f"{d} (removed)" for d in dropped]))
-            return 1
-        print("All cache versions match their recorded fingerprints.")
-        return 0
-    if new != recorded:
-        write_recorded(new, path)
-    for s in pending:
-        was = recorded.get(s, {}).get("version")
-        print(f"recorded {s}: version {was} -> {now[s]['version']}" if was else f"recorded {s}: version {now[s]['version']}")
-    for d in dropped:
-        print(f"dropped {d} (no longer a cached stage)")
-    if not pending and not dropped:
-        print("Nothing to record: all cache versions match their fingerprints.")
+    unknown = sorted(set(args.stages) - set(STAGE_TASKS))
+    if unknown:
+        p.error(f"unknown stage(s) {unknown}; stages: {', '.join(STAGE_TASKS)}")
+    for stage in args.stages or STAGE_TASKS:
+        print(f"{stage:<15} {stage_version(stage, root)}")
+        if args.stages:
+            for rel in stage_files(stage, root):
+                print(f"    {rel}")
     return 0
 
 

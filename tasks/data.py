@@ -6,11 +6,11 @@ import logging
 import os
 from typing import NamedTuple
 
-from flytekit import Cache, task
+from flytekit import task
 from flytekit.types.structured import StructuredDataset
 
 from images import light_image
-from tasks.cache_versions import CACHE_VERSIONS
+from tasks.cache_versions import stage_cache
 from tasks.common import cfg_of, provenance, rows_of, to_sd
 from tasks.resources import LIGHT
 
@@ -44,7 +44,7 @@ def fetch_local(path: str) -> str:
     return FlyteFile(path).download()
 
 
-@task(cache=Cache(version=CACHE_VERSIONS["data"]), container_image=light_image, resources=LIGHT)
+@task(cache=stage_cache("data"), container_image=light_image, resources=LIGHT)
 def prepare_data(config_json: str) -> PreparedData:
     from spark_core import schemas
     from spark_core.data import load_rows
@@ -75,7 +75,7 @@ def prepare_data(config_json: str) -> PreparedData:
                         to_sd(quarantine, schemas.QUARANTINE, meta))
 
 
-@task(cache=Cache(version=CACHE_VERSIONS["select_prompts"]), container_image=light_image, resources=LIGHT)
+@task(cache=stage_cache("select_prompts"), container_image=light_image, resources=LIGHT)
 def select_prompts(config_json: str, train: StructuredDataset, epoch: int) -> StructuredDataset:
     from spark_core import schemas
     from spark_core.data.batches import select_prompts as select

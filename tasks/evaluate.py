@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 
-from flytekit import Cache, task
+from flytekit import task
 from flytekit.types.structured import StructuredDataset
 
 from images import rollout_image
-from tasks.cache_versions import CACHE_VERSIONS
+from tasks.cache_versions import stage_cache
 from tasks.common import Checkpoint, cfg_of, provenance, rows_of, to_sd
 from tasks.resources import ROLLOUT, ROLLOUT_ACCELERATOR
 
 
-@task(cache=Cache(version=CACHE_VERSIONS["judge_eval_set"]), container_image=rollout_image, resources=ROLLOUT,
+@task(cache=stage_cache("judge_eval_set"), container_image=rollout_image, resources=ROLLOUT,
       accelerator=ROLLOUT_ACCELERATOR)
 def judge_eval_set(config_json: str, policy: Checkpoint, eval_prompts: StructuredDataset) -> StructuredDataset:
     """Held-out judge prompts: recycled from the starting policy's rollouts on eval data,
@@ -26,7 +26,7 @@ def judge_eval_set(config_json: str, policy: Checkpoint, eval_prompts: Structure
     return to_sd(rows, schemas.PROMPTS, provenance(cfg, "judge_eval_set", ("eval", "rollout", "recycle")))
 
 
-@task(cache=Cache(version=CACHE_VERSIONS["evaluate"]), container_image=rollout_image, resources=ROLLOUT, accelerator=ROLLOUT_ACCELERATOR,
+@task(cache=stage_cache("evaluate"), container_image=rollout_image, resources=ROLLOUT, accelerator=ROLLOUT_ACCELERATOR,
       enable_deck=True)
 def evaluate_policy(config_json: str, policy: Checkpoint, eval_prompts: StructuredDataset,
                     judge_prompts: StructuredDataset, epoch: int) -> tuple[StructuredDataset, str]:

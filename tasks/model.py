@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 
-from flytekit import Cache, task
+from flytekit import task
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.structured import StructuredDataset
 
 from images import light_image, trainer_image
-from tasks.cache_versions import CACHE_VERSIONS
+from tasks.cache_versions import stage_cache
 from tasks.common import Checkpoint, cfg_of, rows_of, workdir
 from tasks.resources import LIGHT, PRESET, UPDATE
 
 
-@task(cache=Cache(version=CACHE_VERSIONS["base_model"]), container_image=light_image, resources=LIGHT)
+@task(cache=stage_cache("base_model"), container_image=light_image, resources=LIGHT)
 def base_model(config_json: str) -> Checkpoint:
     """The tiny model is built here; a user model directory (or bucket) is passed through."""
     from spark_core.model.loading import check_safetensors
@@ -33,7 +33,7 @@ def base_model(config_json: str) -> Checkpoint:
 
 # The warm start only runs for the tiny default; GPU presets disable it and merely pass
 # the model through, so they get a light pod instead of a full training node.
-@task(cache=Cache(version=CACHE_VERSIONS["bootstrap"]), container_image=trainer_image,
+@task(cache=stage_cache("bootstrap"), container_image=trainer_image,
       resources=UPDATE if PRESET == "tiny-cpu" else LIGHT)
 def bootstrap(config_json: str, base: Checkpoint, train: StructuredDataset) -> tuple[Checkpoint, str]:
     """Short supervised warm start (tiny default); disabled presets pass the model through."""

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-from flytekit import Cache, task
+from flytekit import task
 from flytekit.types.structured import StructuredDataset
 
 from images import light_image
-from tasks.cache_versions import CACHE_VERSIONS
+from tasks.cache_versions import stage_cache
 from tasks.common import cfg_of, provenance, rows_of, to_sd
 from tasks.resources import LIGHT
 
 
-@task(cache=Cache(version=CACHE_VERSIONS["recycle"]), container_image=light_image, resources=LIGHT)
+@task(cache=stage_cache("recycle"), container_image=light_image, resources=LIGHT)
 def recycle_rollouts(config_json: str, prompts: StructuredDataset, scored: StructuredDataset,
                      epoch: int) -> StructuredDataset:
     from spark_core import schemas
@@ -29,7 +29,7 @@ class QueueOutput(NamedTuple):
     queue: StructuredDataset  # what waits for a later epoch
 
 
-@task(cache=Cache(version=CACHE_VERSIONS["recycle"]), container_image=light_image, resources=LIGHT)
+@task(cache=stage_cache("recycle"), container_image=light_image, resources=LIGHT)
 def queue_recycled(config_json: str, queue: Optional[StructuredDataset], new: StructuredDataset,
                    epoch: int) -> QueueOutput:
     from spark_core import schemas

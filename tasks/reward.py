@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 
-from flytekit import Cache, task
+from flytekit import task
 from flytekit.types.structured import StructuredDataset
 
 from images import light_image
-from tasks.cache_versions import CACHE_VERSIONS
+from tasks.cache_versions import stage_cache
 from tasks.common import cfg_of, provenance, rows_of, to_sd
 from tasks.resources import LIGHT
 
 
-@task(cache=Cache(version=CACHE_VERSIONS["reward"]), container_image=light_image, resources=LIGHT)
+@task(cache=stage_cache("reward"), container_image=light_image, resources=LIGHT)
 def score_rollouts(config_json: str, shards: list[StructuredDataset], tag: str) -> tuple[StructuredDataset, str]:
     from spark_core import schemas
     from spark_core.reward.stage import score

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from flytekit import Cache, task
+from flytekit import task
 from flytekit.types.structured import StructuredDataset
 
 from images import rollout_image
-from tasks.cache_versions import CACHE_VERSIONS
+from tasks.cache_versions import stage_cache
 from tasks.common import Checkpoint, cfg_of, provenance, rows_of, to_sd
 from tasks.resources import ROLLOUT, ROLLOUT_ACCELERATOR
 
 
-@task(cache=Cache(version=CACHE_VERSIONS["rollout"]), container_image=rollout_image, resources=ROLLOUT, accelerator=ROLLOUT_ACCELERATOR,
+@task(cache=stage_cache("rollout"), container_image=rollout_image, resources=ROLLOUT, accelerator=ROLLOUT_ACCELERATOR,
       shared_memory=True, environment={"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}, retries=1)
 def rollout_shard(config_json: str, policy: Checkpoint, prompts: StructuredDataset, tag: str, seed: int,
                   n_shards: int, shard: int) -> StructuredDataset:

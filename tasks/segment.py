@@ -21,12 +21,12 @@ import os
 import tempfile
 from typing import NamedTuple, Optional
 
-from flytekit import Cache, task
+from flytekit import task
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.structured import StructuredDataset
 
 from images import segment_image
-from tasks.cache_versions import CACHE_VERSIONS
+from tasks.cache_versions import stage_cache
 from tasks.common import Checkpoint, cfg_of, dir_digest, provenance, rows_of, to_sd
 from tasks.resources import (CLUSTER, PRESET, SEGMENT, SEGMENT_ACCELERATOR, STATE_DIR_ENV, STATE_ENV,
                              STATE_POD_TEMPLATE)
@@ -80,7 +80,7 @@ def segment_checkpoints(key: str):
 
 
 @task(task_config=elastic_config(CLUSTER.segment.nnodes, CLUSTER.segment.nproc_per_node),
-      cache=Cache(version=CACHE_VERSIONS["segment"]), container_image=segment_image,
+      cache=stage_cache("segment"), container_image=segment_image,
       resources=SEGMENT, accelerator=SEGMENT_ACCELERATOR, shared_memory=True, retries=2,
       pod_template=STATE_POD_TEMPLATE,
       environment={"SPARK_PRESET": PRESET, "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_TIMEOUT": "1800",

@@ -14,13 +14,13 @@ import os
 import tempfile
 from typing import NamedTuple, Optional
 
-from flytekit import Cache, task
+from flytekit import task
 from flytekit.types.directory import FlyteDirectory
 from flytekit.types.structured import StructuredDataset
 from flytekitplugins.kfpytorch import Elastic
 
 from images import trainer_image
-from tasks.cache_versions import CACHE_VERSIONS
+from tasks.cache_versions import stage_cache
 from tasks.common import Checkpoint, cfg_of, rows_of, to_sd
 from tasks.resources import CLUSTER, PRESET, UPDATE, UPDATE_ACCELERATOR
 
@@ -73,7 +73,7 @@ def elastic_config(nnodes: int = 1, nproc_per_node: int = 1) -> Elastic:
 # SPARK_PRESET goes into the pod: the Elastic config (processes per node) is rebuilt
 # there when this module is imported.
 @task(task_config=elastic_config(CLUSTER.update.nnodes, CLUSTER.update.nproc_per_node),
-      cache=Cache(version=CACHE_VERSIONS["update"]), container_image=trainer_image,
+      cache=stage_cache("update"), container_image=trainer_image,
       resources=UPDATE, accelerator=UPDATE_ACCELERATOR, shared_memory=True, retries=2,
       environment={"SPARK_PRESET": PRESET, "SPARK_CHECKPOINT_EVERY": CHECKPOINT_EVERY,
                    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_TIMEOUT": "1800", "OMP_NUM_THREADS": "1"})
