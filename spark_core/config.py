@@ -99,20 +99,23 @@ class BootstrapConfig:
     batch_size: int = 32
     lr: float = 1e-3  # 3e-3 learns the answer format sooner but then reads the images less well
     judge_fraction: float = 0.25  # share of judge-format examples, so the judge role has a format
+    # share of reflection-format examples (a wrong answer shown, the true answer as target), so
+    # that the recycled pass's reflection prompts are solved rather than given a verdict
+    reflection_fraction: float = 0.0
     brief_targets: bool = True  # targets are just "\\boxed{answer}" (cheaper per example on CPU)
 
 
 @dataclass
 class RolloutConfig:
     backend: Literal["hf", "vllm"] = "hf"
-    prompts_per_epoch: int = 32
+    prompts_per_epoch: int = 64
     n_samples: int = 8  # G
-    temperature: float = 1.0
-    # nucleus sampling for rollouts; 1.0 = the full distribution, as published. The tiny
-    # default's 64-wide model puts much of its probability on the 152k-token tail: at 1.0
-    # 40% of its warm start's solve samples are not a clean \boxed{number} and score 0 whatever
-    # they answer; 0.9 cuts that to 16% (benchmarks/rollout_tail.py), but did not make
-    # held-out accuracy rise faster over six epochs (README, "What the tiny default learns").
+    # 1.0 as published (the GPU presets); the tiny default samples at 0.7: at 1.0 its first
+    # epoch turned total_dots' greedy answers into the task's most common answer (0.86 -> 0.53),
+    # at 0.7 it kept them (0.80; docs/tiny-default.md)
+    temperature: float = 0.7
+    # nucleus sampling for rollouts; 1.0 = the full distribution, as published
+    # (benchmarks/research/rollout_tail.py measures what a cut does to the samples)
     top_p: float = 1.0
     max_new_tokens: int = 16
     n_shards: int = 2  # map_task shards over prompts
@@ -144,9 +147,10 @@ class RecycleConfig:
 
 @dataclass
 class TrainConfig:
-    # tiny default: 2e-4 and up lowered held-out accuracy within one epoch (0.425 -> 0.21
-    # at 2e-4, KL 3.9 at 1e-3); 2e-5 to 5e-5 left it unchanged (benchmarks/learning_sweep.py)
-    lr: float = 5e-5
+    # tiny default: at 1e-4, p(answer) rose in each of 5 policy epochs of 128 prompts
+    # (0.263 -> 0.295) and held-out accuracy dipped then recovered; 2e-4 lost 13 points in
+    # one epoch (docs/tiny-default.md). The GPU presets use the published 5e-7
+    lr: float = 1e-4
     min_lr_ratio: float = 0.1
     warmup_ratio: float = 0.03
     adam_betas: tuple[float, float] = (0.9, 0.95)
@@ -170,6 +174,13 @@ class TrainConfig:
     # do when the encoder is already trained); off: the whole model is trained, as published
     freeze_vision: bool = False
     max_bad_steps: int = 3  # consecutive non-finite steps that stop the run
+    # the recycled (judge and reflection) pass's learning rate, as a share of the schedule's.
+    # Adam moves every weight by about the learning rate whatever the size of the signal, so
+    # a pass whose rewards barely vary (a judge that cannot yet judge) perturbs the solver as
+    # much as a pass that teaches it (docs/tiny-default.md); 1.0 = the same rate, as published
+    # (the GPU presets). The tiny default: at 1.0 a spark epoch took held-out accuracy from
+    # 0.562 to 0.200, at 0.1 to 0.503 (policy pass alone: 0.528-0.543)
+    recycled_lr_scale: float = 0.1
     # pi_old is recomputed by the trainer; the rollout engine's log-probs only serve to log
     # their gap and, when tis_cap > 0, for truncated importance sampling: each token's
     # surrogate is weighted by min(pi_old_trainer / pi_rollout, tis_cap) (e.g. 2.0). Off: 0.
@@ -345,11 +356,13 @@ def _gpu_preset(name: str, *, gpus: int, nnodes: int, max_new_tokens: int, rollo
                             max_pixels=1024 * 28 * 28)
     cfg.data = DataConfig(train_path="", max_prompt_tokens=8192)
     cfg.bootstrap = BootstrapConfig(enabled=False)
-    cfg.rollout = RolloutConfig(backend="vllm", prompts_per_epoch=64, n_samples=8, top_p=1.0, max_new_tokens=max_new_tokens,
+    cfg.rollout = RolloutConfig(backend="vllm", prompts_per_epoch=64, n_samples=8, temperature=1.0, top_p=1.0,
+                                max_new_tokens=max_new_tokens,
                                 n_shards=rollout_gpus // rollout_tp, gpu_memory_utilization=0.85,
                                 tensor_parallel_size=rollout_tp)
     # 64 samples per optimizer step as in SPARK: micro-batches of 64 / update GPUs, no accumulation
-    cfg.train = TrainConfig(lr=5e-7, micro_batch_size=64 // gpus, train_batch_size=64, zero_stage=3, bf16=True,
+    cfg.train = TrainConfig(lr=5e-7, recycled_lr_scale=1.0, micro_batch_size=64 // gpus, train_batch_size=64,
+                            zero_stage=3, bf16=True,
                             gradient_checkpointing=True)
     # a model that reasons first puts little probability on answering at once
     cfg.eval = EvalConfig(max_new_tokens=2048, every=20, answer_likelihood_problems=0)

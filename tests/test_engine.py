@@ -97,3 +97,15 @@ def test_nan_gradient_step_is_skipped(tiny_dir, rollouts, tmp_path, monkeypatch)
     for (name, p), q in zip(before.named_parameters(), after.parameters()):
         assert torch.isfinite(q).all(), name
         assert torch.equal(p, q), name
+
+
+def test_recycled_pass_runs_at_its_share_of_the_learning_rate(tiny_dir, rollouts, tmp_path):
+    rows, scored = rollouts
+    lrs = {}
+    for phase in ("policy", "recycled"):
+        cfg = _cfg(lr=1e-3, warmup_ratio=0.0, min_lr_ratio=1.0, recycled_lr_scale=0.25)  # a constant schedule
+        m = run_update(cfg=cfg, model_dir=tiny_dir, ref_dir=tiny_dir, prompts=rows, scored=scored,
+                       out_dir=str(tmp_path / phase), state_in=None, state_out=str(tmp_path / f"{phase}-state"),
+                       phase=phase)
+        lrs[phase] = m["lr"]
+    assert lrs["policy"] == pytest.approx(1e-3) and lrs["recycled"] == pytest.approx(2.5e-4)

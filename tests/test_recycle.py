@@ -21,6 +21,7 @@ from spark_core.recycle import (
     fill,
     recycle,
 )
+from spark_core.data import generate
 from spark_core.reward import verify
 
 PNG = b"\x89PNG\r\n\x1a\nfake-image-bytes"
@@ -401,3 +402,28 @@ def test_judge_labels_are_verifiable_end_to_end():
     for r in judged:
         assert verify(f"Reasoning... \\boxed{{{r['answer']}}}", r["answer"])["reward"] == 1.0
         assert verify(f"Reasoning... \\boxed{{{OPPOSITE[r['answer']]}}}", r["answer"])["reward"] == 0.0
+
+
+def test_bootstrap_reflection_samples_show_a_wrong_answer_and_target_the_truth():
+    import random
+
+    from spark_core.recycle.build import reflection_samples_for_bootstrap
+
+    rows = generate(12, seed=5)
+    out = reflection_samples_for_bootstrap(rows, random.Random(0))
+    assert len(out) == len(rows)
+    for (sample, target), src in zip(out, rows):
+        assert sample["kind"] == "reflection" and target == sample["answer"] == str(src["answer"]).strip()
+        assert sample["image"] == src["image"] and src["question"] in sample["question"]
+        shown = re.findall(r"\d+", sample["question"].replace(src["question"], ""))
+        assert shown and all(s != target for s in shown)  # the shown answer is a wrong one
+
+
+def test_warm_start_mix_has_its_reflection_share():
+    from spark_core.config import SparkConfig
+    from spark_core.train.sft import bootstrap_examples
+
+    cfg = SparkConfig()
+    cfg.bootstrap.judge_fraction, cfg.bootstrap.reflection_fraction = 0.25, 0.25
+    kinds = [row["kind"] for row, _ in bootstrap_examples(generate(30, seed=2), cfg, 40, seed=0)]
+    assert kinds.count("reflection") == 10 and kinds.count("solve") == 20

@@ -318,3 +318,29 @@ def judge_samples_for_bootstrap(rows: list[dict], rng: random.Random,
                         ["boot-a", "boot-b"])
         out.append((row, row["answer"]))
     return out
+
+
+def reflection_samples_for_bootstrap(rows: list[dict], rng: random.Random,
+                                     timeout_s: float = 5.0) -> list[tuple[dict, str]]:
+    """One reflection prompt per row, showing a verified wrong answer near the truth (as
+    a brief earlier attempt or as a final answer), with the true answer as its target.
+
+    Used by the warm start so that the reflection prompts of the recycled pass are
+    answered by solving the problem again: a model that never saw one answers them with
+    a verdict, every sample scores 0 and GRPO gets no signal from them.
+    """
+    truths = [str(p["answer"]).strip() for p in rows]
+    wrongs = wrong_answers(truths, rng, timeout_s=timeout_s)
+    b = _Builder(epoch=-1)
+    out = []
+    for p, truth, wrong in zip(rows, truths, wrongs):
+        q = _question_text(p, ANSWER_SUFFIX)
+        if rng.random() < 0.5:
+            t = rng.choice(REFLECTION_COT)
+            text = t.fill(question=q, solution=f"\\boxed{{{wrong}}}")
+        else:
+            t = rng.choice(REFLECTION_ANS)
+            text = t.fill(question=q, answer=wrong)
+        row = b.row(p, schemas.KIND_REFLECTION, t, text, truth, ["boot-wrong"])
+        out.append((row, truth))
+    return out

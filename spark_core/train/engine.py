@@ -458,6 +458,8 @@ class GRPOTrainer:
                 if k <= done:
                     continue  # finished before the restart
                 lr = lr_at(global_step, self.total_steps, cfg.train.lr, cfg.train.warmup_ratio, cfg.train.min_lr_ratio)
+                if phase == "recycled":
+                    lr *= cfg.train.recycled_lr_scale
                 stats_acc: list[dict] = []
                 step_bad = False
                 # SPARK's token mean is over the optimizer step: every micro-batch's token sum

@@ -33,14 +33,28 @@ def judge_examples(rows: list[dict], n: int, rng: random.Random, brief: bool = F
     return out
 
 
+def reflection_examples(rows: list[dict], n: int, rng: random.Random, brief: bool = False) -> list[tuple[dict, str]]:
+    """Reflection-format examples (a wrong earlier answer shown, the true answer as target)."""
+    if n <= 0:
+        return []
+    from spark_core.data import worked_solution
+    from spark_core.recycle.build import reflection_samples_for_bootstrap
+
+    picked = [rng.choice(rows) for _ in range(n)]
+    return [(sample, worked_solution(src, brief=brief))
+            for (sample, _), src in zip(reflection_samples_for_bootstrap(picked, rng), picked)]
+
+
 def bootstrap_examples(rows: list[dict], cfg: SparkConfig, n: int, seed: int) -> list[tuple[dict, str]]:
     from spark_core.data import worked_solution
 
     rng = random.Random(seed)
     n_judge = int(round(n * cfg.bootstrap.judge_fraction))
+    n_reflect = int(round(n * cfg.bootstrap.reflection_fraction))
     brief = cfg.bootstrap.brief_targets
-    solve = [(r, worked_solution(r, brief=brief)) for r in (rng.choice(rows) for _ in range(n - n_judge))]
+    solve = [(r, worked_solution(r, brief=brief)) for r in (rng.choice(rows) for _ in range(n - n_judge - n_reflect))]
     ex = solve + judge_examples(rows, n_judge, rng, brief=brief)
+    ex += reflection_examples(rows, n_reflect, rng, brief=brief)
     rng.shuffle(ex)
     return ex
 
