@@ -162,6 +162,18 @@ class TrainConfig:
     # samples per optimizer step over all ranks: must be micro_batch_size x gradient
     # accumulation x update world size (checked by validate_train_batch)
     train_batch_size: int = 64
+    # > 0: each rank's share of an optimizer step is cut by tokens instead of into
+    # micro_batch_size samples: sorted by length, micro-batches of at most this many tokens
+    # through the model (longest x count padded, the sum packed), so short samples share a
+    # forward instead of each padding to the longest of a fixed group (verl's
+    # use_dynamic_bsz). Steps keep train_batch_size samples and the step-token loss mean,
+    # so the gradient is the same whatever the cut. 0: fixed micro_batch_size.
+    micro_batch_tokens: int = 0
+    # padding-free micro-batches: the sequences concatenated into one row, attention kept
+    # within each, M-RoPE positions as if alone (spark_core/model/packing.py; verl's
+    # use_remove_padding). Saves the padding's compute; needs model.attn_implementation
+    # sdpa, eager or flash_attention_2/3 (flash-attn's varlen kernel)
+    packed: bool = False
     ppo_epochs: int = 1
     zero_stage: int = 2
     # the stage a one-rank job runs instead, when lower: one rank has nothing to partition,
@@ -456,6 +468,8 @@ def validate_train_batch(train: TrainConfig, world: int) -> int:
     if train.micro_batch_size < 1 or train.train_batch_size < 1:
         raise ValueError(f"train.micro_batch_size ({train.micro_batch_size}) and train.train_batch_size "
                          f"({train.train_batch_size}) must be positive")
+    if train.micro_batch_tokens < 0:
+        raise ValueError(f"train.micro_batch_tokens ({train.micro_batch_tokens}) must be 0 (off) or positive")
     if train.train_batch_size % per_micro_round:
         raise ValueError(
             f"train.train_batch_size={train.train_batch_size} is not micro_batch_size ({train.micro_batch_size}) x "

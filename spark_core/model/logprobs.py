@@ -151,18 +151,32 @@ class ResponseLogprobs(torch.nn.Module):
 
     The trainer hands this module to deepspeed.initialize, so the whole forward (vision
     tower, decoder, LM head) runs through the engine: ZeRO-3 sees every submodule call
-    and can prefetch the next layer's shards."""
+    and can prefetch the next layer's shards.
 
-    def __init__(self, policy: torch.nn.Module):
+    packed: run the micro-batch padding-free, its sequences concatenated into one row
+    (spark_core/model/packing.py); the inputs and the [B, L] output stay padded."""
+
+    def __init__(self, policy: torch.nn.Module, packed: bool = False):
         super().__init__()
         self.policy = policy
         self.head = _Fp32Head(policy.lm_head)
         self.ids = TokenIds.from_model_config(policy.config)
+        self.packed = packed
+        if packed:
+            from spark_core.model.packing import check_packed_attention
+
+            check_packed_attention(getattr(policy.config, "_attn_implementation", None))
 
     def forward(self, input_ids, attention_mask, response_mask, pixel_values=None, image_grid_thw=None,
                 temperature: float = 1.0) -> torch.Tensor:
         batch = SequenceBatch(input_ids, attention_mask, response_mask, pixel_values, image_grid_thw, self.ids)
         inner = self.policy.model
+        if self.packed:
+            from spark_core.model.packing import pack, unpack
+
+            kwargs, flat = pack(batch, inner)
+            hidden = inner(**kwargs, use_cache=False).last_hidden_state  # [1, T, H]
+            return unpack(_logprobs_from_hidden(hidden, self.head, flat, temperature), batch)
         hidden = inner(**batch.model_inputs(inner.get_input_embeddings()), use_cache=False).last_hidden_state
         return _logprobs_from_hidden(hidden, self.head, batch, temperature)
 

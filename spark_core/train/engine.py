@@ -304,16 +304,52 @@ def _rollout_logprobs(row: dict, required: bool) -> list[float] | None:
     return [float(x) for x in lp]
 
 
-def _plan_steps(n: int, micro: int, ga: int, world: int) -> list[list[list[int]]]:
-    """Sample indices for each (step, rank) as `ga` micro-batches; every rank gets the
-    same number of micro-batches so collectives stay in lockstep."""
+def _plan_steps(n: int, micro: int, ga: int, world: int, lengths: list[int] | None = None,
+                token_budget: int = 0, packed: bool = False) -> list[list[list[int]]]:
+    """Sample indices for each (step, rank) as micro-batches; every rank gets the same
+    number of micro-batches (empty ones fill up a short share) so collectives stay in
+    lockstep.
+
+    A step holds micro x ga x world samples. Without a token budget each rank's share is
+    `ga` micro-batches of `micro` samples. With `token_budget` > 0 and `lengths` (tokens of
+    each sample, prompt and response), the step's samples are sorted longest first and
+    dealt to the ranks in turn, and each rank's share is cut into runs of similar length
+    that fit the budget (`_cut_by_tokens`). The plan depends only on its inputs, so a
+    resumed pass rebuilds the same one."""
     per_step = micro * ga * world
     plan = []
     for s in range(0, n, per_step):
         idx = list(range(s, min(n, s + per_step)))
+        if token_budget > 0:
+            if lengths is None:
+                raise ValueError("a token budget needs the samples' lengths")
+            idx.sort(key=lambda i: (-lengths[i], i))
+            shares = [_cut_by_tokens(idx[r::world], lengths, token_budget, packed) for r in range(world)]
+            most = max(len(m) for m in shares)
+            plan.append([m + [[] for _ in range(most - len(m))] for m in shares])
+            continue
         ranks = [idx[r::world] for r in range(world)]
         plan.append([[r[m::ga] for m in range(ga)] for r in ranks])
     return plan
+
+
+def _cut_by_tokens(idx: list[int], lengths: list[int], budget: int, packed: bool) -> list[list[int]]:
+    """Consecutive runs of `idx` (longest first) whose tokens through the model stay
+    within `budget`: the sum of the lengths when packed, count x the longest when padded.
+    A sample longer than the budget gets a micro-batch of its own."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    total = longest = 0
+    for i in idx:
+        t, lo = total + lengths[i], max(longest, lengths[i])
+        if cur and (t if packed else (len(cur) + 1) * lo) > budget:
+            out.append(cur)
+            cur, t, lo = [], lengths[i], lengths[i]
+        cur.append(i)
+        total, longest = t, lo
+    if cur:
+        out.append(cur)
+    return out
 
 
 def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
@@ -360,13 +396,13 @@ class GRPOTrainer:
             ref = load_model(ref_dir, cfg.model, device=self.dist.device,
                              zero3_config=ref_cfg if zero3 is not None else None)
             ref.requires_grad_(False)
-            self.ref = ResponseLogprobs(ref).eval()
+            self.ref = ResponseLogprobs(ref, packed=cfg.train.packed).eval()
             if zero3 is not None:  # an engine without optimizer keeps the reference sharded
                 self.ref, *_ = deepspeed.initialize(model=self.ref, config=ref_cfg)
                 self.ref.eval()
         # The engine wraps a module whose forward returns response log-probs, so every
         # forward goes through DeepSpeed (ZeRO-3 gathers and prefetches shards in its hooks).
-        net = ResponseLogprobs(model)
+        net = ResponseLogprobs(model, packed=cfg.train.packed)  # refuses packing on a backend without it
         self.engine, *_ = deepspeed.initialize(model=net,
                                                model_parameters=[p for p in net.parameters() if p.requires_grad],
                                                config=self.ds_config)
@@ -415,7 +451,9 @@ class GRPOTrainer:
         key = _pass_key(phase, start_step, scored, dist.world, cfg.train.ppo_epochs)
         resume = _find_resume(checkpoints, dist, key) if checkpoints is not None else None
         ga = self.ds_config["gradient_accumulation_steps"]
-        plan = _plan_steps(len(order), cfg.train.micro_batch_size, ga, dist.world)
+        lengths = [len(scored[i]["prompt_token_ids"]) + len(scored[i]["response_token_ids"]) for i in order]
+        plan = _plan_steps(len(order), cfg.train.micro_batch_size, ga, dist.world, lengths=lengths,
+                           token_budget=cfg.train.micro_batch_tokens, packed=cfg.train.packed)
         n_pass = len(plan) * cfg.train.ppo_epochs
 
         def micro_batch(micro: list[int]):
@@ -467,7 +505,10 @@ class GRPOTrainer:
                 step_tokens, = comm.all_reduce_values(
                     [float(sum(len(scored[order[i]]["response_token_ids"]) for m in step_plan[dist.rank] for i in m))],
                     op=comm.ReduceOp.SUM)
-                for micro in step_plan[dist.rank]:
+                for j, micro in enumerate(step_plan[dist.rank]):
+                    # the step ends with its last micro-batch, however many the plan made
+                    # (a token budget gives each step its own count, not the config's ga)
+                    engine.set_gradient_accumulation_boundary(j == len(step_plan[dist.rank]) - 1)
                     ids, weight, batch = micro_batch(micro)
                     logp = engine(**batch.forward_inputs())
                     mask = batch.response_mask.bool()
