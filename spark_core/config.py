@@ -184,7 +184,9 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     # keep the vision encoder's weights fixed in the GRPO update (as VLM RL recipes often
     # do when the encoder is already trained); off: the whole model is trained, as published
-    freeze_vision: bool = False
+    # (the GPU presets). On in the tiny default: its warm-started encoder is what reads the
+    # dots, and with it trained a spark epoch took total_dots from 0.90 to 0.38 (frozen: 0.80)
+    freeze_vision: bool = True
     max_bad_steps: int = 3  # consecutive non-finite steps that stop the run
     # the recycled (judge and reflection) pass's learning rate, as a share of the schedule's.
     # Adam moves every weight by about the learning rate whatever the size of the signal, so
@@ -373,7 +375,8 @@ def _gpu_preset(name: str, *, gpus: int, nnodes: int, max_new_tokens: int, rollo
                                 n_shards=rollout_gpus // rollout_tp, gpu_memory_utilization=0.85,
                                 tensor_parallel_size=rollout_tp)
     # 64 samples per optimizer step as in SPARK: micro-batches of 64 / update GPUs, no accumulation
-    cfg.train = TrainConfig(lr=5e-7, recycled_lr_scale=1.0, micro_batch_size=64 // gpus, train_batch_size=64,
+    cfg.train = TrainConfig(lr=5e-7, recycled_lr_scale=1.0, freeze_vision=False, micro_batch_size=64 // gpus,
+                            train_batch_size=64,
                             zero_stage=3, bf16=True,
                             gradient_checkpointing=True)
     # a model that reasons first puts little probability on answering at once
