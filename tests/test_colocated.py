@@ -12,8 +12,12 @@ import pytest
 import torch
 
 from spark_core.config import SparkConfig
+from spark_core.model.token_ids import TokenIds
+from spark_core.model.tokenizer import build_compact_tokenizer
 from spark_core.rollout.base import SamplingSpec
 from spark_core.rollout.colocated import ColocatedVLLM, hf_weight_name
+
+IM_END = TokenIds.from_tokenizer(build_compact_tokenizer()).im_end  # the tiny checkpoint's turn terminator
 
 
 def test_weight_names_match_the_checkpoint(tiny_dir):
@@ -95,8 +99,8 @@ class FakeLLM:
         self.calls.append("generate")
         outs = []
         for p in params:
-            comps = [SimpleNamespace(index=k, token_ids=[11, 151645], text="\\boxed{1}", finish_reason="stop",
-                                     logprobs=[{11: -0.5}, {151645: -0.1}]) for k in range(p["n"])]
+            comps = [SimpleNamespace(index=k, token_ids=[11, IM_END], text="\\boxed{1}", finish_reason="stop",
+                                     logprobs=[{11: -0.5}, {IM_END: -0.1}]) for k in range(p["n"])]
             outs.append(SimpleNamespace(prompt_token_ids=[1, 2, 3], outputs=comps))
         return outs
 
@@ -164,7 +168,8 @@ def test_vllm_sleep_wake_and_weight_sync(tiny_dir, engine_calls):
     assert all(float(p.detach()) == 0.0 for _, p in llm.model.named_parameters())  # the trainer's zeros went in
     assert eng.synced_tensors == trainer.iterated == 3
     samples = eng.generate(rows, SamplingSpec(n=2, seed=4))
-    assert len(samples) == 4 and samples[0].response_token_ids[-1] == 151645
+    assert len(samples) == 4 and samples[0].response_token_ids[-1] == IM_END
+    assert all(s.finish_reason == "stop" for s in samples)
     # awake engine: a sync reloads the weights without waking anything, then resets the caches
     eng.sync(trainer)
     assert engine_calls[-5:] == ["generate"] + LOAD + RESET

@@ -37,6 +37,7 @@ def _trained(tiny_dir, rollouts, single_rank_stage: int):
     cfg.train.zero_stage, cfg.train.single_rank_zero_stage = 3, single_rank_stage
     cfg.train.train_batch_size = cfg.train.micro_batch_size = 4
     cfg.train.lr = 5e-3
+    cfg.train.freeze_vision = False  # the whole model, so the mean step below is over weights that all move
     trainer = GRPOTrainer(cfg, tiny_dir, tiny_dir)
     m = trainer.train_pass(rows, scored, "policy")
     return trainer, m, {n: t.detach().clone() for n, t in trainer.full_state_dict_iter()}
