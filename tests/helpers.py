@@ -79,3 +79,9 @@ def score_into(out, responses: list[str], labels: list[str]) -> None:
 
     scores = [(r["reward"], r["status"]) for r in score_batch(responses, labels)]
     out.put((scores, verifier._POOL._pool is not None))
+
+
+def torch_extensions_dir() -> str:
+    """Where torch keeps compiled extensions (DeepSpeed's CPU ops) for this user. Tests that
+    run pyflyte with a temporary HOME pass it on, so the ops are not compiled again."""
+    return os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")

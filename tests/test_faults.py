@@ -20,7 +20,7 @@ import torch
 from spark_core import schemas
 from spark_core.config import SparkConfig, load_config
 from spark_core.data.loader import DataError
-from tests.helpers import safetensors_weights, scored_rollouts
+from tests.helpers import safetensors_weights, scored_rollouts, torch_extensions_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -206,7 +206,8 @@ def _cache_log(text: str) -> list[tuple[str, str]]:
 def test_rerun_after_a_crash_reuses_finished_stages(tmp_path):
     from tests.test_workflow_e2e import FAST
 
-    env = dict(os.environ, HOME=str(tmp_path), FLYTE_LOCAL_CACHE_ENABLED="true", FLYTE_SDK_LOGGING_LEVEL="20",
+    env = dict(os.environ, HOME=str(tmp_path), TORCH_EXTENSIONS_DIR=torch_extensions_dir(),
+               FLYTE_LOCAL_CACHE_ENABLED="true", FLYTE_SDK_LOGGING_LEVEL="20",
                FLYTE_SDK_RICH_TRACEBACKS="0", FLYTE_SDK_LOGGING_FORMAT="text",
                MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     fast = dict(FAST, **{"rollout.prompts_per_epoch": 2, "rollout.n_samples": 2, "bootstrap.steps": 5})

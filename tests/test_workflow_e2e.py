@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 
 from spark_core import schemas
+from tests.helpers import torch_extensions_dir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = {"bootstrap.steps": 20, "bootstrap.batch_size": 8, "data.synthetic_train": 32, "data.synthetic_eval": 8,
@@ -98,7 +99,7 @@ def tracking_tags(run, key):
 def test_rerun_reuses_cached_stages(tmp_path):
     """Two identical `pyflyte run`s with the local cache on: the second reuses every
     cached stage, so it returns the very same checkpoint path."""
-    env = dict(os.environ, HOME=str(tmp_path), FLYTE_LOCAL_CACHE_ENABLED="true",
+    env = dict(os.environ, HOME=str(tmp_path), TORCH_EXTENSIONS_DIR=torch_extensions_dir(), FLYTE_LOCAL_CACHE_ENABLED="true",
                MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     # two epochs, evaluated only at the start and the end (eval.every)
     fast = dict(FAST, **{"rollout.prompts_per_epoch": 2, "rollout.n_samples": 2, "bootstrap.steps": 5,
