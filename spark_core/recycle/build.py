@@ -292,6 +292,13 @@ def wrong_answers(truths: list[str], rng: random.Random, timeout_s: float = 5.0,
     return out  # type: ignore[return-value]
 
 
+def _with_near_misses(rows: list[dict], rng: random.Random, timeout_s: float):
+    """(row, question, true answer, a verified wrong answer near it) for each row."""
+    truths = [str(p["answer"]).strip() for p in rows]
+    wrongs = wrong_answers(truths, rng, timeout_s=timeout_s)
+    return [(p, _question_text(p, ANSWER_SUFFIX), truth, wrong) for p, truth, wrong in zip(rows, truths, wrongs)]
+
+
 def judge_samples_for_bootstrap(rows: list[dict], rng: random.Random,
                                 timeout_s: float = 5.0) -> list[tuple[dict, str]]:
     """One judge prompt per row on a made-up candidate answer, with its correct verdict.
@@ -300,12 +307,9 @@ def judge_samples_for_bootstrap(rows: list[dict], rng: random.Random,
     or a verified wrong answer near it (`wrong_answers`), so the verdict is known
     without any rollout.
     """
-    truths = [str(p["answer"]).strip() for p in rows]
-    wrongs = wrong_answers(truths, rng, timeout_s=timeout_s)
     b = _Builder(epoch=-1)
     out = []
-    for p, truth, wrong in zip(rows, truths, wrongs):
-        q = _question_text(p, ANSWER_SUFFIX)
+    for p, q, truth, wrong in _with_near_misses(rows, rng, timeout_s):
         right_r = {"rollout_id": "boot-right", "extracted": truth, "reward": 1.0}
         wrong_r = {"rollout_id": "boot-wrong", "extracted": wrong, "reward": 0.0}
         if rng.random() < 0.5:
@@ -329,12 +333,9 @@ def reflection_samples_for_bootstrap(rows: list[dict], rng: random.Random,
     answered by solving the problem again: a model that never saw one answers them with
     a verdict, every sample scores 0 and GRPO gets no signal from them.
     """
-    truths = [str(p["answer"]).strip() for p in rows]
-    wrongs = wrong_answers(truths, rng, timeout_s=timeout_s)
     b = _Builder(epoch=-1)
     out = []
-    for p, truth, wrong in zip(rows, truths, wrongs):
-        q = _question_text(p, ANSWER_SUFFIX)
+    for p, q, truth, wrong in _with_near_misses(rows, rng, timeout_s):
         if rng.random() < 0.5:
             t = rng.choice(REFLECTION_COT)
             text = t.fill(question=q, solution=f"\\boxed{{{wrong}}}")
