@@ -442,14 +442,18 @@ def check_registered_preset(preset_name: str, registered: str) -> None:
             f"workflows/spark.py spark --preset {preset_name} ...`)")
 
 
-def load_config(preset_name: str = "tiny-cpu", overrides_json: str = "") -> SparkConfig:
-    """Preset plus a JSON object of dotted overrides (the form the workflow takes), checked."""
+def load_config(preset_name: str = "tiny-cpu", overrides_json: str = "",
+                fields: dict[str, Any] | None = None) -> SparkConfig:
+    """Preset plus a JSON object of dotted overrides (the form the workflow takes), then
+    `fields` (dotted keys of the workflow's own inputs, which win), checked once."""
     cfg = preset(preset_name)
     if overrides_json:
         overrides = json.loads(overrides_json)
         if not isinstance(overrides, dict):
             raise ValueError("overrides must be a JSON object of dotted keys")
         cfg = cfg.with_overrides(overrides)
+    if fields:
+        cfg = cfg.with_overrides(fields)
     validate_train_batch(cfg.train, update_world_size(cfg))
     from spark_core.memory_budget import check_colocated
 

@@ -57,7 +57,6 @@ def make_config(preset: str, epochs: int, arm: str, model: str, data: str, eval_
     # pods were sized from SPARK_PRESET when the tasks were registered: refuse a preset
     # input that would need other pods
     check_registered_preset(preset, PRESET)
-    cfg = load_config(preset, overrides)
     fields = {"recycle.arm": arm}
     if epochs > 0:
         fields["epochs"] = epochs
@@ -65,10 +64,9 @@ def make_config(preset: str, epochs: int, arm: str, model: str, data: str, eval_
         fields["loop.mode"] = mode
     fields.update({k: v for k, v in {"model.path": model, "data.train_path": data,
                                      "data.eval_path": eval_data}.items() if v})
-    cfg = cfg.with_overrides(fields)
-    from spark_core.memory_budget import check_colocated
-
-    check_colocated(cfg)  # --mode segment on a preset whose engine and trainer cannot share a GPU
+    # one check of the config as it will run, inputs included (e.g. --mode segment on a
+    # preset whose engine and trainer cannot share a GPU is refused here)
+    cfg = load_config(preset, overrides, fields)
     return Configs(cfg.to_json(), prefix_view(cfg).to_json())
 
 

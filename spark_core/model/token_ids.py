@@ -15,8 +15,6 @@ from dataclasses import dataclass
 # prompt. A sampled one would be read as an image slot by the log-prob pass, so neither
 # backend may ever sample them (their probability is set to zero before sampling).
 NEVER_SAMPLE_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
-# a chat turn ends at <|im_end|>; <|endoftext|> also stops a model that emits it
-STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
 @dataclass(frozen=True)
@@ -31,7 +29,8 @@ class TokenIds:
 
     @property
     def stops(self) -> tuple[int, ...]:
-        """Ids that end a response, the turn terminator first."""
+        """Ids that end a response: the chat turn terminator first, then <|endoftext|>,
+        which also stops a model that emits it."""
         return (self.im_end, self.endoftext)
 
     @property

@@ -143,7 +143,10 @@ class ColocatedVLLM:
             from vllm import LLM, SamplingParams
 
             llm_factory, sampling_params = LLM, SamplingParams
+        from spark_core.model.token_ids import TokenIds
+
         self.processor = load_processor(model_dir, model_cfg)
+        self.ids = TokenIds.from_tokenizer(self.processor)
         # the engine's own share of the card: the trainer already holds its part
         kwargs = engine_kwargs(model_dir, model_cfg, rollout_cfg.tensor_parallel_size,
                                rollout_cfg.colocated_gpu_memory_utilization, seed=seed, processor=self.processor)
@@ -226,13 +229,10 @@ class ColocatedVLLM:
             return []
         if self.asleep:
             raise RuntimeError("the vLLM engine is asleep: call sync(trainer) before generating")
-        from spark_core.model.token_ids import TokenIds
-
-        ids = TokenIds.from_tokenizer(self.processor)
-        base = sampling_kwargs(spec, ids)
+        base = sampling_kwargs(spec, self.ids)
         params = [self._sampling_params(**{**base, "seed": request_seed(spec.seed, r["prompt_id"])}) for r in prompts]
         outputs = self.llm.generate(build_requests(self.processor, prompts), params, use_tqdm=False)
-        return samples_from_outputs(prompts, outputs, spec, ids)
+        return samples_from_outputs(prompts, outputs, spec, self.ids)
 
 
 def _engine_model(llm):
