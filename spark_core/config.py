@@ -216,12 +216,6 @@ class EvalConfig:
     every: int = 1
 
 
-def eval_due(cfg: "SparkConfig", epoch: int) -> bool:
-    """Whether the evaluation after `epoch` epochs runs (epoch 0 = the starting model)."""
-    every = max(1, int(cfg.eval.every))
-    return epoch <= 0 or epoch >= cfg.epochs or epoch % every == 0
-
-
 @dataclass
 class LoopConfig:
     """How the co-evolution loop is laid out as Flyte nodes (not what it computes).
@@ -539,3 +533,29 @@ def prefix_view(cfg: "SparkConfig") -> "SparkConfig":
     d["rollout"]["n_shards"] = RolloutConfig().n_shards
     d["loop"] = dataclasses.asdict(LoopConfig())
     return SparkConfig.from_dict(d)
+
+
+# The warm start and the held-out judge set always use this seed, so that runs over
+# several seeds (`seed`) start from the same model and are judged on the same prompts;
+# `data.seed` and `model.tiny.seed` change the data and the initial weights.
+PREFIX_SEED = 42
+
+
+class StageConfig:
+    """The config as one stage sees it: the sections its task takes as inputs, read as
+    attributes like a SparkConfig (`cfg.rollout.n_samples`). Reading a section the task
+    does not take raises, so a stage cannot depend on config that is not in its cache key."""
+
+    def __init__(self, stage: str, **parts: Any):
+        self.__dict__.update(parts, _stage=stage)
+
+    def __getattr__(self, name: str):  # only called for what the stage did not declare
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise AttributeError(f"the {self._stage!r} stage reads cfg.{name}, which its task does not take as an input; "
+                             f"add it to the task's inputs (tasks/) so that it is part of the stage's cache key")
+
+    def section_hash(self, *names: str) -> str:
+        payload = {n: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+                   for n, v in sorted(self.__dict__.items()) if n != "_stage" and (not names or n in names)}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,13 +1,7 @@
 """A segment: K SPARK steps (epochs) in one process group, rollout and training colocated.
 
-Per epoch, with the same stage bodies as the fine-grained tasks (select_prompts,
-rollout_rows, score, recycle, queue, evaluate from their spark_core packages):
-
-    select prompts -> rollout (policy as it is) -> reward -> recycle
-      -> GRPO update on the problems
-      -> recycled prompts join the FIFO; a full batch is rolled out with the
-         just-updated policy -> reward -> GRPO update on it
-      -> evaluation every eval.every epochs
+Each epoch is spark_core.epoch's, over SegmentStages (spark_core/segment_stages.py):
+the same stage bodies as the fine-grained tasks, on live objects.
 
 The trainer (GRPOTrainer, or anything with its interface) lives for the whole segment,
 so the optimizer state stays in memory; the rollout engine shares its process and GPUs
@@ -40,13 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spark_core import schemas
-from spark_core.config import SparkConfig, eval_due, trained_passes
-from spark_core.data.batches import select_prompts
-from spark_core.evaluate.core import evaluate
-from spark_core.recycle.stage import queue as fifo
-from spark_core.recycle.stage import recycle
-from spark_core.reward.stage import score as score_rows
-from spark_core.rollout.base import rollout_rows, shard_seed
+from spark_core.config import SparkConfig
+from spark_core.epoch import Carry, run_epochs
+from spark_core.segment_stages import SegmentStages
 
 log = logging.getLogger(__name__)
 
@@ -228,22 +218,13 @@ def find_resume(ck: SegmentCheckpoints | None, key: str) -> dict | None:
 # ---------------------------------------------------------------- the loop
 
 
-def update_metrics(phase: str, m: dict) -> tuple[dict[str, float], list[dict]]:
-    """A pass's metrics as the fine-grained update task names them, and its step log."""
-    steps = list(m.get("step_log", []))
-    out = {f"{phase}/{k}": v for k, v in m.items() if isinstance(v, (int, float))}
-    out[f"time/update_{phase}"] = m.get("seconds", 0.0)
-    return out, steps
-
-
 def run_segment(cfg: SparkConfig, *, make_trainer: Callable[[str | None], Any], make_engine: Callable[[Any], Any],
                 train: list[dict], eval_prompts: list[dict], judge_prompts: list[dict], queue: list[dict],
                 first_epoch: int, n_epochs: int, state_in: str | None, key: str,
                 checkpoints: SegmentCheckpoints | None = None, desc: str = "segment") -> tuple[SegmentResult, Any]:
-    """Run epochs first_epoch .. first_epoch + n_epochs - 1. Returns the result (the
-    same on every rank) and the live trainer, for the caller to save."""
+    """Run epochs first_epoch .. first_epoch + n_epochs - 1 (spark_core.epoch). Returns
+    the result (the same on every rank) and the live trainer, for the caller to save."""
     t_start = time.time()
-    passes = trained_passes(cfg.recycle.arm)
     resume = find_resume(checkpoints, key)
     artifacts: dict[str, list[dict]] = {name: [] for name in ARTIFACTS}
     metrics: list[dict] = []
@@ -259,70 +240,23 @@ def run_segment(cfg: SparkConfig, *, make_trainer: Callable[[str | None], Any], 
         log.warning("%s: resuming after %d finished epochs (at epoch %d)", desc, done, first_epoch + done)
     trainer = make_trainer(os.path.join(resume["root"], "state") if resume is not None else state_in)
     engine = make_engine(trainer)
-    gen = SplitGenerate(engine, cfg.rollout.tensor_parallel_size)
+    ops = SegmentStages(cfg, trainer=trainer, engine=engine, gen=SplitGenerate(engine, cfg.rollout.tensor_parallel_size),
+                        train=train, eval_prompts=eval_prompts, judge_prompts=judge_prompts, artifacts=artifacts,
+                        bcast=_bcast, rank=_rank(), desc=desc)
     crash_after = int(os.environ.get(CRASH_AFTER_EPOCH_ENV, "0") or "0")
-    timings: dict[str, float] = {"rollout": 0.0, "train": 0.0, "sync": 0.0, "eval": 0.0, "checkpoint": 0.0}
 
-    def rollout(prompts: list[dict], tag: str, seed: int, e: int) -> list[dict]:
-        t = time.time()
-        engine.sync(trainer)
-        timings["sync"] += time.time() - t
-        t = time.time()
-        rows = rollout_rows(cfg, gen, prompts, tag, shard_seed(seed, 0), desc=f"{desc}:rollout[{tag}]")
-        engine.release()
-        timings["rollout"] += time.time() - t
-        artifacts["rollouts"].extend(dict(r, epoch=e) for r in rows)
-        return rows
-
-    def score(rows: list[dict], tag: str, e: int):
-        scored, m = _bcast(score_rows(cfg, rows, tag) if _rank() == 0 else None)
-        artifacts["scored"].extend(dict(r, epoch=e) for r in scored)
-        return scored, m
-
-    def update(prompts: list[dict], scored: list[dict], phase: str, e: int) -> dict:
-        if not scored:  # nothing recycled this epoch: the policy carries over
-            return {f"{phase}/steps": 0}
-        t = time.time()
-        m, steps = update_metrics(phase, trainer.train_pass(prompts, scored, phase))
-        timings["train"] += time.time() - t
-        artifacts["steps"].extend(dict(s, epoch=e) for s in steps)
-        return m
-
-    for i in range(done, n_epochs):
-        e = first_epoch + i
-        prompts = select_prompts(cfg, train, e)
-        rows = rollout(prompts, f"e{e}-policy", cfg.seed + 2 * e, e)
-        scored, rm = score(rows, "policy", e)
-        recycled = _bcast(recycle(cfg, prompts, scored, e) if _rank() == 0 else None)
-        artifacts["recycled"].extend(dict(r, epoch=e) for r in recycled)
-        merged = dict(rm)
-        if "policy" in passes:
-            merged.update(update(prompts, scored, "policy", e))
-        if cfg.recycle.arm != "policy":
-            batch, queue = fifo(cfg, queue, recycled)
-            rrows = rollout(batch, f"e{e}-recycled", cfg.seed + 2 * e + 1, e)  # the just-updated policy
-            rscored, rrm = score(rrows, "recycled", e)
-            merged.update(rrm)
-            if "recycled" in passes:
-                merged.update(update(batch, rscored, "recycled", e))
-        if eval_due(cfg, e + 1):  # after e + 1 epochs
+    def after_epoch(i: int, carry: Carry, logs: list[dict]) -> None:
+        n_done = done + i
+        if checkpoints is not None and n_done < n_epochs:
             t = time.time()
-            engine.sync(trainer)
-            results, em = evaluate(cfg, gen, eval_prompts, judge_prompts)
-            engine.release()
-            results, em = _bcast((results, em))
-            timings["eval"] += time.time() - t
-            artifacts["eval"].extend(dict(r, epoch=e + 1) for r in results)
-            merged.update(em)
-        metrics.append(merged)
-        if checkpoints is not None and i + 1 < n_epochs:
-            t = time.time()
-            _save_slot(checkpoints, trainer, key, i + 1, queue, artifacts, metrics)
-            timings["checkpoint"] += time.time() - t
-        if crash_after and e + 1 == crash_after:
-            raise RuntimeError(f"{CRASH_AFTER_EPOCH_ENV}={crash_after}: simulated crash after epoch {e + 1}")
-    result = SegmentResult(artifacts=artifacts, queue=queue, epoch_metrics=metrics, first_epoch=first_epoch,
-                           resumed_epochs=done, seconds=time.time() - t_start, timings=timings)
+            _save_slot(checkpoints, trainer, key, n_done, carry.queue, artifacts, metrics + logs)
+            ops.timings["checkpoint"] += time.time() - t
+        if crash_after and first_epoch + n_done == crash_after:
+            raise RuntimeError(f"{CRASH_AFTER_EPOCH_ENV}={crash_after}: simulated crash after epoch {first_epoch + n_done}")
+
+    carry, logs = run_epochs(cfg, ops, first_epoch + done, n_epochs - done, Carry(trainer, None, queue), after_epoch)
+    result = SegmentResult(artifacts=artifacts, queue=carry.queue, epoch_metrics=metrics + logs, first_epoch=first_epoch,
+                           resumed_epochs=done, seconds=time.time() - t_start, timings=ops.timings)
     return result, trainer
 
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the thin Flyte tasks: config parsing, Parquet I/O, checkpoint hashing."""
+"""Helpers shared by the thin Flyte tasks: Parquet I/O, checkpoint hashing, provenance."""
 
 from __future__ import annotations
 
@@ -15,11 +15,7 @@ from flytekit.types.directory import FlyteDirectory
 from flytekit.types.structured import StructuredDataset
 
 from spark_core import schemas
-from spark_core.config import SparkConfig
-
-
-def cfg_of(config_json: str) -> SparkConfig:
-    return SparkConfig.from_json(config_json)
+from spark_core.config import StageConfig
 
 
 def dir_digest(d: FlyteDirectory) -> str:
@@ -73,6 +69,6 @@ def code_version() -> str:
         return "unknown"
 
 
-def provenance(cfg: SparkConfig, stage: str, sections: tuple[str, ...], **inputs: str) -> dict[str, str]:
+def provenance(cfg: StageConfig, stage: str, sections: tuple[str, ...], **inputs: str) -> dict[str, str]:
     return {"spark.stage": stage, "spark.code_version": code_version(),
             "spark.config_hash": cfg.section_hash(*sections), "spark.inputs": json.dumps(inputs, sort_keys=True)}

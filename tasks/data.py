@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import NamedTuple
 
@@ -11,11 +10,9 @@ from flytekit.types.structured import StructuredDataset
 
 from images import light_image
 from tasks.cache_versions import stage_cache
-from tasks.common import cfg_of, provenance, rows_of, to_sd
+from spark_core.config import DataConfig, ModelConfig, RolloutConfig, StageConfig
+from tasks.common import provenance, rows_of, to_sd
 from tasks.resources import LIGHT
-
-log = logging.getLogger(__name__)
-
 
 class PreparedData(NamedTuple):
     train: StructuredDataset
@@ -45,41 +42,22 @@ def fetch_local(path: str) -> str:
 
 
 @task(cache=stage_cache("data"), container_image=light_image, resources=LIGHT)
-def prepare_data(config_json: str) -> PreparedData:
+def prepare_data(data: DataConfig, model: ModelConfig) -> PreparedData:
     from spark_core import schemas
-    from spark_core.data import load_rows
-    from spark_core.data.synthetic import synthetic_split
-    from spark_core.data.loader import DataError
+    from spark_core.data.prepare import prepare_splits
 
-    cfg = cfg_of(config_json)
-    d = cfg.data
-    quarantine: list[dict] = []
-
-    def load(path: str, split: str) -> list[dict]:
-        if not path:
-            return synthetic_split(d, split)
-        rows, bad = load_rows(fetch_local(path), max_pixels=cfg.model.max_pixels)
-        for b in bad:
-            b["reason"] = f"[{path}] {b['reason']}"
-        quarantine.extend(bad)
-        return rows
-
-    train = load(d.train_path, "train")
-    evalset = load(d.eval_path, "eval")
-    if quarantine:
-        log.warning("quarantined %d invalid rows (see the quarantine artifact)", len(quarantine))
-    if not train:
-        raise DataError("no valid training rows")
+    cfg = StageConfig("data", data=data, model=model)
+    train, evalset, quarantine = prepare_splits(data, model.max_pixels, fetch_local)
     meta = provenance(cfg, "data", ("data",))
     return PreparedData(to_sd(train, schemas.PROMPTS, meta), to_sd(evalset, schemas.PROMPTS, meta),
                         to_sd(quarantine, schemas.QUARANTINE, meta))
 
 
 @task(cache=stage_cache("select_prompts"), container_image=light_image, resources=LIGHT)
-def select_prompts(config_json: str, train: StructuredDataset, epoch: int) -> StructuredDataset:
+def select_prompts(rollout: RolloutConfig, seed: int, train: StructuredDataset, epoch: int) -> StructuredDataset:
     from spark_core import schemas
     from spark_core.data.batches import select_prompts as select
 
-    cfg = cfg_of(config_json)
+    cfg = StageConfig("select_prompts", rollout=rollout, seed=seed)
     rows = select(cfg, rows_of(train, schemas.PROMPTS), epoch)
     return to_sd(rows, schemas.PROMPTS, provenance(cfg, "select_prompts", ("rollout",), epoch=str(epoch)))

@@ -10,22 +10,20 @@ from flytekit.types.structured import StructuredDataset
 
 from images import light_image, trainer_image
 from tasks.cache_versions import stage_cache
-from tasks.common import Checkpoint, cfg_of, rows_of, workdir
+from spark_core.config import PREFIX_SEED, BootstrapConfig, ModelConfig, StageConfig
+from tasks.common import Checkpoint, rows_of, workdir
 from tasks.resources import LIGHT, PRESET, UPDATE
 
 
 @task(cache=stage_cache("base_model"), container_image=light_image, resources=LIGHT)
-def base_model(config_json: str) -> Checkpoint:
+def base_model(model: ModelConfig) -> Checkpoint:
     """The tiny model is built here; a user model directory (or bucket) is passed through."""
     from spark_core.model.loading import check_safetensors
     from spark_core.model.tiny import build_tiny
 
-    cfg = cfg_of(config_json)
-    if cfg.model.path in ("", "tiny"):
-        if cfg.model.path == "" and cfg.preset != "tiny-cpu":
-            raise ValueError(f"preset {cfg.preset} needs a model: pass --model <HF directory or bucket URI>")
-        return FlyteDirectory(build_tiny(workdir("tiny-model"), cfg.model))
-    d = FlyteDirectory(cfg.model.path)
+    if model.path in ("", "tiny"):
+        return FlyteDirectory(build_tiny(workdir("tiny-model"), model))
+    d = FlyteDirectory(model.path)
     local = d.download()
     check_safetensors(local)
     return FlyteDirectory(local)
@@ -35,13 +33,14 @@ def base_model(config_json: str) -> Checkpoint:
 # the model through, so they get a light pod instead of a full training node.
 @task(cache=stage_cache("bootstrap"), container_image=trainer_image,
       resources=UPDATE if PRESET == "tiny-cpu" else LIGHT)
-def bootstrap(config_json: str, base: Checkpoint, train: StructuredDataset) -> tuple[Checkpoint, str]:
+def bootstrap(model: ModelConfig, bootstrap: BootstrapConfig, base: Checkpoint,
+              train: StructuredDataset) -> tuple[Checkpoint, str]:
     """Short supervised warm start (tiny default); disabled presets pass the model through."""
     from spark_core import schemas
     from spark_core.train.sft import run_bootstrap
 
-    cfg = cfg_of(config_json)
-    if not cfg.bootstrap.enabled:
+    cfg = StageConfig("bootstrap", model=model, bootstrap=bootstrap, seed=PREFIX_SEED)
+    if not bootstrap.enabled:
         return base, json.dumps({})
     out = workdir("bootstrap")
     metrics = run_bootstrap(cfg, base.download(), rows_of(train, schemas.PROMPTS), out)

@@ -9,18 +9,19 @@ from flytekit.types.structured import StructuredDataset
 
 from images import light_image
 from tasks.cache_versions import stage_cache
-from tasks.common import cfg_of, provenance, rows_of, to_sd
+from spark_core.config import RecycleConfig, RolloutConfig, StageConfig
+from tasks.common import provenance, rows_of, to_sd
 from tasks.resources import LIGHT
 
 
 @task(cache=stage_cache("recycle"), container_image=light_image, resources=LIGHT)
-def recycle_rollouts(config_json: str, prompts: StructuredDataset, scored: StructuredDataset,
+def recycle_rollouts(recycle: RecycleConfig, rollout: RolloutConfig, prompts: StructuredDataset, scored: StructuredDataset,
                      epoch: int) -> StructuredDataset:
     from spark_core import schemas
-    from spark_core.recycle.stage import recycle
+    from spark_core.recycle.stage import recycle as build
 
-    cfg = cfg_of(config_json)
-    out = recycle(cfg, rows_of(prompts, schemas.PROMPTS), rows_of(scored, schemas.SCORED_ROLLOUTS), epoch)
+    cfg = StageConfig("recycle", recycle=recycle, rollout=rollout)
+    out = build(cfg, rows_of(prompts, schemas.PROMPTS), rows_of(scored, schemas.SCORED_ROLLOUTS), epoch)
     return to_sd(out, schemas.PROMPTS, provenance(cfg, "recycle", ("recycle",), epoch=str(epoch)))
 
 
@@ -30,12 +31,12 @@ class QueueOutput(NamedTuple):
 
 
 @task(cache=stage_cache("recycle"), container_image=light_image, resources=LIGHT)
-def queue_recycled(config_json: str, queue: Optional[StructuredDataset], new: StructuredDataset,
+def queue_recycled(recycle: RecycleConfig, rollout: RolloutConfig, queue: Optional[StructuredDataset], new: StructuredDataset,
                    epoch: int) -> QueueOutput:
     from spark_core import schemas
     from spark_core.recycle.stage import queue as fifo
 
-    cfg = cfg_of(config_json)
+    cfg = StageConfig("recycle", recycle=recycle, rollout=rollout)
     waiting = rows_of(queue, schemas.PROMPTS) if queue is not None else []
     batch, rest = fifo(cfg, waiting, rows_of(new, schemas.PROMPTS))
     meta = provenance(cfg, "recycle", ("recycle", "rollout"), epoch=str(epoch))

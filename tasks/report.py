@@ -3,24 +3,35 @@ the plain-text summary that `pyflyte run` prints at the end of a run."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from flytekit import Deck, current_context, task
 
 from images import light_image
-from tasks.common import Checkpoint, cfg_of
+from flytekit.types.structured import StructuredDataset
+
+from spark_core.config import SparkConfig
+from tasks.common import Checkpoint
 from tasks.resources import LIGHT
 
 _PER_DATASET = "eval/accuracy/"
 
 
+def history_of(history: StructuredDataset) -> list[dict]:
+    """One merged metrics dict per epoch from the run's metrics table."""
+    import pyarrow as pa
+
+    from spark_core import schemas
+
+    return schemas.history_rows(history.open(pa.Table).all())
+
+
 @task(enable_deck=True, container_image=light_image, resources=LIGHT)
-def report(history: str) -> str:
-    """history: JSON list of each epoch's merged metrics (the output of finish_tracking)."""
+def report(history: StructuredDataset) -> str:
+    """history: the run's metrics table (EPOCH_METRICS, the output of finish_tracking)."""
     from spark_core.evaluate.report import deck_html
 
-    epochs = json.loads(history or "[]")
+    epochs = history_of(history)
     last = epochs[-1] if epochs else {}
     per_benchmark = {k[len(_PER_DATASET):]: v for k, v in last.items() if k.startswith(_PER_DATASET)}
     html = deck_html(epochs, per_benchmark=per_benchmark or None)
@@ -43,20 +54,20 @@ class RunSummary:
 
 
 @task(container_image=light_image, resources=LIGHT)
-def summarize_run(config_json: str, run_id: str, history: str, policy: Checkpoint) -> RunSummary:
+def summarize_run(config: SparkConfig, run_id: str, history: StructuredDataset, policy: Checkpoint) -> RunSummary:
     """Per-epoch accuracy, judge accuracy and reward, and where the checkpoint and the
     MLflow run are (never cached: it reads the run's current MLflow tags)."""
     from spark_core import tracking
     from spark_core.evaluate.report import run_summary
 
-    cfg = cfg_of(config_json)
+    cfg = config
     try:
         run = tracking.run_info(run_id)
     except Exception as e:  # noqa: BLE001 - MLflow unreachable: the summary still says what is known
         run = {"run_id": run_id, "run_name": "", "experiment": tracking.EXPERIMENT,
                "tracking_uri": f"{tracking.tracking_uri()} (unreachable: {type(e).__name__})"}
     checkpoint = policy.remote_source or policy.path
-    text = run_summary(json.loads(history or "[]"), arm=cfg.recycle.arm, preset=cfg.preset, seed=cfg.seed,
+    text = run_summary(history_of(history), arm=cfg.recycle.arm, preset=cfg.preset, seed=cfg.seed,
                        checkpoint=str(checkpoint), run=run)
     if current_context().execution_id.name != "local":  # a pod's log shows it; locally pyflyte prints the output
         print(text, flush=True)

@@ -27,7 +27,8 @@ from flytekit.types.structured import StructuredDataset
 
 from images import segment_image
 from tasks.cache_versions import stage_cache
-from tasks.common import Checkpoint, cfg_of, dir_digest, provenance, rows_of, to_sd
+from spark_core.config import SparkConfig
+from tasks.common import Checkpoint, dir_digest, provenance, rows_of, to_sd
 from tasks.resources import (CLUSTER, PRESET, SEGMENT, SEGMENT_ACCELERATOR, STATE_DIR_ENV, STATE_ENV,
                              STATE_POD_TEMPLATE)
 from tasks.update import elastic_config
@@ -85,7 +86,7 @@ def segment_checkpoints(key: str):
       pod_template=STATE_POD_TEMPLATE,
       environment={"SPARK_PRESET": PRESET, "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_TIMEOUT": "1800",
                    "OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", **STATE_ENV})
-def run_segment(config_json: str, policy: Checkpoint, ref: Checkpoint, state: Optional[FlyteDirectory],
+def run_segment(config: SparkConfig, policy: Checkpoint, ref: Checkpoint, state: Optional[FlyteDirectory],
                 queue: Optional[StructuredDataset], train: StructuredDataset, eval_prompts: StructuredDataset,
                 judge_prompts: StructuredDataset, first_epoch: int, n_epochs: int) -> SegmentOutput:
     import torch
@@ -95,10 +96,10 @@ def run_segment(config_json: str, policy: Checkpoint, ref: Checkpoint, state: Op
     from spark_core.rollout.colocated import make_colocated
     from spark_core.train.engine import GRPOTrainer
 
-    cfg = cfg_of(config_json)
+    cfg = config
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("WORLD_SIZE", "1")))))
     policy_dir, ref_dir = policy.download(), ref.download()
-    key = hashlib.sha256(json.dumps([config_json, first_epoch, n_epochs, _identity(policy), _identity(state),
+    key = hashlib.sha256(json.dumps([cfg.to_json(), first_epoch, n_epochs, _identity(policy), _identity(state),
                                      _identity(ref)]).encode()).hexdigest()[:24]
     queue_rows = rows_of(queue, schemas.PROMPTS) if queue is not None else []
     key = hashlib.sha256((key + "".join(r["prompt_id"] for r in queue_rows)).encode()).hexdigest()[:24]

@@ -20,7 +20,10 @@ from flytekit import current_context, task
 from flytekit.exceptions.user import FlyteRecoverableException
 
 from images import light_image
-from tasks.common import cfg_of, code_version
+from flytekit.types.structured import StructuredDataset
+
+from spark_core.config import SparkConfig
+from tasks.common import code_version, to_sd
 from tasks.resources import LIGHT
 
 log = logging.getLogger(__name__)
@@ -66,13 +69,13 @@ def log_or_defer(what: str, fn: Callable[[], object]) -> bool:
 
 
 @task(container_image=light_image, resources=LIGHT, retries=TRACKING_RETRIES)
-def start_tracking(config_json: str) -> str:
+def start_tracking(config: SparkConfig) -> str:
     from spark_core import tracking
 
     # before anything else runs: a cluster run without a shared server would otherwise
     # only fail at log_epoch, after the first GPU stages
     tracking.check_tracking_uri()
-    cfg = cfg_of(config_json)
+    cfg = config
     exec_id = current_context().execution_id.name
     tags = {"flyte.execution_id": exec_id, "git_sha": code_version(), "preset": cfg.preset,
             "arm": cfg.recycle.arm, "config_hash": cfg.section_hash()}
@@ -93,10 +96,11 @@ def log_epoch(run_id: str, epoch: int, metrics: list[str]) -> str:
 
 
 @task(container_image=light_image, resources=LIGHT, retries=TRACKING_RETRIES)
-def finish_tracking(run_id: str, epoch_metrics: list[str]) -> str:
+def finish_tracking(run_id: str, epoch_metrics: list[str]) -> StructuredDataset:
     """Log the epochs the server lacks (an outage during the run), then end the run; one
-    whose every epoch came from the cache is tagged as a rerun."""
-    from spark_core import tracking
+    whose every epoch came from the cache is tagged as a rerun. Returns the history as
+    a table (EPOCH_METRICS), one row per epoch."""
+    from spark_core import schemas, tracking
 
     history = [json.loads(m) for m in epoch_metrics]  # epoch i was logged at step i
 
@@ -107,7 +111,8 @@ def finish_tracking(run_id: str, epoch_metrics: list[str]) -> str:
         tracking.finish_run(run_id, history)
 
     retry_on_outage("finish_tracking", finish)
-    return json.dumps(history)
+    t = schemas.history_table(history)
+    return to_sd(t, t.schema)
 
 
 @task(container_image=light_image, resources=LIGHT, retries=TRACKING_RETRIES)

@@ -21,7 +21,8 @@ from flytekitplugins.kfpytorch import Elastic
 
 from images import trainer_image
 from tasks.cache_versions import stage_cache
-from tasks.common import Checkpoint, cfg_of, rows_of, to_sd
+from spark_core.config import ClusterConfig, ModelConfig, RecycleConfig, RolloutConfig, StageConfig, TrainConfig
+from tasks.common import Checkpoint, rows_of, to_sd
 from tasks.resources import CLUSTER, PRESET, UPDATE, UPDATE_ACCELERATOR
 
 CRASH_PHASE_ENV = "SPARK_FAULT_CRASH_UPDATE_PHASE"  # test hook: fail the update of this phase before training
@@ -77,17 +78,21 @@ def elastic_config(nnodes: int = 1, nproc_per_node: int = 1) -> Elastic:
       resources=UPDATE, accelerator=UPDATE_ACCELERATOR, shared_memory=True, retries=2,
       environment={"SPARK_PRESET": PRESET, "SPARK_CHECKPOINT_EVERY": CHECKPOINT_EVERY,
                    "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_TIMEOUT": "1800", "OMP_NUM_THREADS": "1"})
-def update_policy(config_json: str, policy: Checkpoint, ref: Checkpoint, prompts: StructuredDataset,
+def update_policy(model: ModelConfig, train: TrainConfig, rollout: RolloutConfig, recycle: RecycleConfig,
+                  cluster: ClusterConfig, epochs: int, policy: Checkpoint, ref: Checkpoint, prompts: StructuredDataset,
                   scored: StructuredDataset, state: Optional[FlyteDirectory], phase: str) -> UpdateOutput:
     import torch
     from flytekit import current_context
 
     from spark_core import schemas
     from spark_core.train.engine import run_update
+    from spark_core.train.metrics import pass_metrics
 
     if os.environ.get(CRASH_PHASE_ENV) == phase:
         raise RuntimeError(f"{CRASH_PHASE_ENV}={phase}: simulated failure of the {phase} update")
-    cfg = cfg_of(config_json)
+    # rollout, recycle, cluster and epochs size the learning-rate schedule (total_optimizer_steps)
+    cfg = StageConfig("update", model=model, train=train, rollout=rollout, recycle=recycle, cluster=cluster,
+                      epochs=epochs)
     rows = rows_of(scored, schemas.SCORED_ROLLOUTS)
     base = current_context().working_directory
     out_dir = os.path.join(base, "policy")
@@ -102,8 +107,6 @@ def update_policy(config_json: str, policy: Checkpoint, ref: Checkpoint, prompts
                    prompts=rows_of(prompts, schemas.PROMPTS), scored=rows, out_dir=out_dir,
                    state_in=state.download() if state is not None else None, state_out=state_dir, phase=phase,
                    checkpoints=step_checkpoints(phase, *inputs))
-    steps = m.pop("step_log")
-    metrics = {f"{phase}/{k}": v for k, v in m.items() if isinstance(v, (int, float))}
-    metrics[f"time/update_{phase}"] = m["seconds"]
+    metrics, steps = pass_metrics(phase, m)
     return UpdateOutput(FlyteDirectory(out_dir), FlyteDirectory(state_dir), json.dumps(metrics),
                         to_sd(steps, schemas.TRAIN_STEPS))

@@ -85,3 +85,14 @@ def torch_extensions_dir() -> str:
     """Where torch keeps compiled extensions (DeepSpeed's CPU ops) for this user. Tests that
     run pyflyte with a temporary HOME pass it on, so the ops are not compiled again."""
     return os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "torch_extensions")
+
+
+def config_inputs(task, cfg) -> dict:
+    """The config sections a task takes (its inputs named like SparkConfig fields), from cfg."""
+    import dataclasses
+
+    from spark_core.config import SparkConfig
+
+    fields = {f.name for f in dataclasses.fields(SparkConfig)}
+    return {n: getattr(cfg, n) for n, t in task.python_interface.inputs.items()
+            if n in fields and t is type(getattr(cfg, n))}  # `train` may also name a data input

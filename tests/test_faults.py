@@ -28,9 +28,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # ---- bad input -------------------------------------------------------------------------
 
 
-def _cfg_json(**fields) -> str:
+def _data_inputs(**fields) -> dict:
     base = {"data.synthetic_train": 4, "data.synthetic_eval": 2}
-    return load_config("tiny-cpu", json.dumps(dict(base, **fields))).to_json()
+    cfg = load_config("tiny-cpu", json.dumps(dict(base, **fields)))
+    return {"data": cfg.data, "model": cfg.model}
 
 
 def test_corrupted_parquet_fails_naming_the_path(tmp_path):
@@ -39,7 +40,7 @@ def test_corrupted_parquet_fails_naming_the_path(tmp_path):
     bad = tmp_path / "train.parquet"
     bad.write_bytes(b"PAR1 this is not a parquet file \x00\xff" * 8)
     with pytest.raises(DataError, match=re.escape(str(bad))):
-        prepare_data(config_json=_cfg_json(**{"data.train_path": str(bad)}))
+        prepare_data(**_data_inputs(**{"data.train_path": str(bad)}))
 
 
 def _png() -> bytes:
@@ -66,7 +67,7 @@ def test_bad_rows_are_quarantined_with_reasons(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n")
 
-    d = prepare_data(config_json=_cfg_json(**{"data.train_path": str(path)}))
+    d = prepare_data(**_data_inputs(**{"data.train_path": str(path)}))
     train = d.train.open(pa.Table).all().to_pylist()
     assert [r["prompt_id"] for r in train] == ["good-1", "good-2"]
     assert train[0]["image"] and train[1]["image"] is None and train[0]["answer"] == "5"
@@ -97,7 +98,7 @@ def test_only_bad_rows_fail_with_the_count(tmp_path):
         {"id": "c", "problem": "x", "answer": "2", "image_path": "nowhere.png"},
     ]) + "\n")
     with pytest.raises(DataError, match=r"all 3 rows were quarantined") as e:
-        prepare_data(config_json=_cfg_json(**{"data.train_path": str(path)}))
+        prepare_data(**_data_inputs(**{"data.train_path": str(path)}))
     assert str(path) in str(e.value)
 
 

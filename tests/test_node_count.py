@@ -25,8 +25,8 @@ def _compiled_nodes(dyn, **native) -> list:
     return list(spec.nodes)
 
 
-def _config(epochs: int, mode: str) -> str:
-    return load_config("7b-8xh100").with_overrides({"epochs": epochs, "loop.mode": mode}).to_json()
+def _config(epochs: int, mode: str):
+    return load_config("7b-8xh100").with_overrides({"epochs": epochs, "loop.mode": mode})
 
 
 @pytest.mark.parametrize("mode", ["segment", "dag"])
@@ -34,17 +34,16 @@ def _config(epochs: int, mode: str) -> str:
 def test_full_length_7b_run_fits(epochs, mode):
     from workflows.spark import coevolve, coevolve_block
 
-    cfg_json = _config(epochs, mode)
-    cfg = load_config("7b-8xh100").with_overrides({"epochs": epochs, "loop.mode": mode})
+    cfg = _config(epochs, mode)
     plan = blocks(cfg)
     assert sum(n for _, n in plan) == epochs and plan[0][0] == 0
-    outer = _compiled_nodes(coevolve, config_json=cfg_json)
+    outer = _compiled_nodes(coevolve, config=cfg)
     # eval-e0, its log, one launch-plan node per block, the join and finish_tracking
     lp_nodes = [n for n in outer if n.workflow_node is not None and n.workflow_node.launchplan_ref is not None]
     assert len(lp_nodes) == len(plan) and all(n.workflow_node.launchplan_ref.name == "spark_block" for n in lp_nodes)
     assert len(outer) == len(plan) + 4 <= MAX_NODES_PER_DYNAMIC
     for first, n in {plan[0], plan[-1]}:
-        inner = _compiled_nodes(coevolve_block, config_json=cfg_json, first_epoch=first, n_epochs=n)
+        inner = _compiled_nodes(coevolve_block, config=cfg, first_epoch=first, n_epochs=n)
         assert len(inner) <= block_nodes(cfg, n) <= MAX_NODES_PER_DYNAMIC, (first, n, len(inner))
         if mode == "segment":
             segs = [x for x in inner

@@ -129,7 +129,7 @@ def test_a_cluster_run_without_a_shared_server_stops_at_start_tracking(monkeypat
     assert tracking.check_tracking_uri().startswith("sqlite:///")  # a laptop run keeps its local file
     monkeypatch.setenv("FLYTE_INTERNAL_EXECUTION_ID", "f3a9c2e1")  # what propeller sets in a pod
     with pytest.raises(RuntimeError, match=r"MLFLOW_TRACKING_URI is not set.*--env MLFLOW_TRACKING_URI="):
-        start_tracking.task_function(config_json=SparkConfig().to_json())
+        start_tracking.task_function(config=SparkConfig())
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'pod.db'}")
     with pytest.raises(RuntimeError, match="a file of this pod"):
         tracking.check_tracking_uri()
