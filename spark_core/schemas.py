@@ -147,13 +147,14 @@ def conform(t: pa.Table, schema: pa.Schema) -> pa.Table:
     return t.replace_schema_metadata(meta) if meta else t
 
 
-def message_json(question_with_suffix: str, has_image: bool, max_pixels: int | None = None) -> str:
-    """The SPARK row format: one user turn, the image item first, then the text."""
+def message_json(question_with_suffix: str, has_image: bool) -> str:
+    """The SPARK row format: one user turn, the image item first, then the text.
+
+    The image item carries no pixel limits: every consumer (both rollout backends and the
+    trainer) resizes with the processor's own limits, set once from `model.min_pixels` /
+    `model.max_pixels`, so a per-row copy would have nothing to say."""
     content: list[dict[str, Any]] = []
     if has_image:
-        item: dict[str, Any] = {"type": "image", "image": "embedded"}
-        if max_pixels:
-            item["max_pixels"] = max_pixels
-        content.append(item)
+        content.append({"type": "image", "image": "embedded"})
     content.append({"type": "text", "text": question_with_suffix})
     return json.dumps([{"role": "user", "content": content}], ensure_ascii=False)

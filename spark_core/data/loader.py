@@ -272,7 +272,7 @@ def _image_bytes(ref: Any, base_dir: str, field: str) -> bytes:
         raise _Bad(field, f"has an image that cannot be decoded ({type(e).__name__}: {e})") from e
 
 
-def _parse(row: Any, base_dir: str, stem: str, max_pixels: int | None) -> dict[str, Any]:
+def _parse(row: Any, base_dir: str, stem: str) -> dict[str, Any]:
     """One PROMPTS row (without prompt_id) or _Bad."""
     if isinstance(row, _Bad):
         raise row
@@ -323,7 +323,7 @@ def _parse(row: Any, base_dir: str, stem: str, max_pixels: int | None) -> dict[s
         raise _Bad("problem" if field in ("image_path", "images") else "message", "has an empty question text")
     image = _image_bytes(img_ref, base_dir, field) if img_ref not in (None, "") else None
     source = next((row[k] for k in SOURCE_KEYS if _present(row.get(k))), None)
-    message = keep_message or schemas.message_json(question + "\n" + ANSWER_SUFFIX, image is not None, max_pixels)
+    message = keep_message or schemas.message_json(question + "\n" + ANSWER_SUFFIX, image is not None)
     return {
         "kind": kind,
         "message": message,
@@ -356,7 +356,6 @@ def _raw(row: Any) -> str:
 def load_rows(
     path: str,
     *,
-    max_pixels: int | None = None,
     count_tokens: Callable[[str], int] | None = None,
     max_prompt_tokens: int | None = None,
     id_prefix: str | None = None,
@@ -382,7 +381,7 @@ def load_rows(
                     break
         rid = rid or f"{prefix}-{i}"
         try:
-            out = _parse(rec, base_dir, stem, max_pixels)
+            out = _parse(rec, base_dir, stem)
             if count_tokens is not None and max_prompt_tokens:
                 n_tok = count_tokens(out["question"] + "\n" + ANSWER_SUFFIX)
                 if n_tok > max_prompt_tokens:

@@ -354,7 +354,10 @@ def write_spark_dataset(
     absolute_paths: bool = False,
     suffix: str = SPARK_SUFFIX,
 ) -> str:
-    """Write rows as a public SPARK/ViRL39K training file (`out_dir/train.json`); return its path."""
+    """Write rows as a public SPARK/ViRL39K training file (`out_dir/train.json`); return its path.
+
+    Its image items carry `max_pixels` as the released files do, for trainers that read
+    it; this project's loader ignores it (the processor's limits apply everywhere)."""
     max_pixels = max_pixels or ModelConfig().max_pixels
     os.makedirs(out_dir, exist_ok=True)
     paths = _save_images(rows, out_dir, absolute_paths)

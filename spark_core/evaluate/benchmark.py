@@ -48,7 +48,7 @@ def evaluate_benchmark(model_dir: str, data_path: str, cfg: SparkConfig, *, tts_
     reflections per question (cfg.eval.tts_rounds is the usual value).
     backend: anything with `.generate(rows, spec, desc)`; default an HFBackend on model_dir.
     """
-    rows, quarantined = load_rows(data_path, max_pixels=cfg.model.max_pixels)
+    rows, quarantined = load_rows(data_path)
     max_new = int(max_new_tokens or cfg.eval.max_new_tokens)
     if backend is None:
         from spark_core.rollout.base import make_backend

@@ -15,7 +15,6 @@ Results use ``mode="tts"`` and are scored separately from single-pass decoding.
 
 from __future__ import annotations
 
-import json
 from typing import Callable
 
 from spark_core import schemas
@@ -36,23 +35,13 @@ def accepts(judge_response: str) -> bool:
     return verdict is not None and normalize_choice(verdict) == "yes"
 
 
-def _max_pixels(row: dict) -> int | None:
-    try:
-        for item in json.loads(row.get("message") or "[]")[0]["content"]:
-            if item.get("type") == "image" and item.get("max_pixels"):
-                return int(item["max_pixels"])
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        pass
-    return None
-
-
 def _prompt(row: dict, text: str, kind: str, tag: str) -> dict:
-    """A PROMPTS-shaped row around `text`, keeping the source image and its pixel limit."""
+    """A PROMPTS-shaped row around `text`, keeping the source image."""
     image = row.get("image")
     return {
         "prompt_id": f"{row['prompt_id']}/{tag}",
         "kind": kind,
-        "message": schemas.message_json(text, has_image=image is not None, max_pixels=_max_pixels(row)),
+        "message": schemas.message_json(text, has_image=image is not None),
         "question": text,
         "answer": row["answer"],
         "image": image,

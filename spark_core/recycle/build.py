@@ -63,17 +63,6 @@ def _question_text(p: dict, answer_suffix: str) -> str:
     return text.strip()
 
 
-def _max_pixels(p: dict) -> int | None:
-    """Keep the source row's image resolution limit, if its message set one."""
-    try:
-        for c in json.loads(p.get("message") or "[]")[0]["content"]:
-            if c.get("type") == "image" and c.get("max_pixels"):
-                return int(c["max_pixels"])
-    except Exception:  # noqa: BLE001
-        pass
-    return None
-
-
 class _Builder:
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
@@ -87,7 +76,7 @@ class _Builder:
         return {
             "prompt_id": pid,
             "kind": kind,
-            "message": schemas.message_json(text, has_image=image is not None, max_pixels=_max_pixels(p)),
+            "message": schemas.message_json(text, has_image=image is not None),
             "question": text,
             "answer": label,
             "image": image,
