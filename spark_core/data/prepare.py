@@ -20,7 +20,7 @@ def prepare_splits(data, max_pixels: int, fetch: Callable[[str], str] = lambda p
     def load(path: str, split: str) -> list[dict]:
         if not path:
             return synthetic_split(data, split)
-        rows, bad = load_rows(fetch(path), max_pixels=max_pixels)
+        rows, bad = load_rows(fetch(path))
         for b in bad:
             b["reason"] = f"[{path}] {b['reason']}"
         quarantine.extend(bad)
