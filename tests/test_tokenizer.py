@@ -56,6 +56,23 @@ def test_token_ids_follow_the_tokenizer(compact):
     assert small.stops == (compact.convert_tokens_to_ids("<|im_end|>"), compact.convert_tokens_to_ids("<|endoftext|>"))
 
 
+def test_token_ids_are_read_once_per_tokenizer(monkeypatch):
+    tok = build_compact_tokenizer()
+    first = TokenIds.from_tokenizer(tok)
+    reads = []
+    monkeypatch.setattr(TokenIds, "_read", classmethod(lambda cls, t: reads.append(t) or first))
+    assert TokenIds.from_tokenizer(tok) is first and TokenIds.from_tokenizer(_Holder(tok)) is first
+    assert reads == []  # neither the tokenizer nor a processor holding it is read again
+    tok.pad_token = "<|im_end|>"  # a changed pad token is read again
+    TokenIds.from_tokenizer(tok)
+    assert reads == [tok]
+
+
+class _Holder:  # a processor: the tokenizer as its `tokenizer`
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+
 def test_tokenizer_without_vision_tokens_is_refused():
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast

@@ -9,6 +9,7 @@ disagree, since the model would then look for images at the wrong positions.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 # Vision placeholders and delimiters: they only belong where the processor puts them in a
@@ -40,8 +41,26 @@ class TokenIds:
     @classmethod
     def from_tokenizer(cls, tokenizer) -> "TokenIds":
         """The ids of a Qwen2-VL tokenizer (or a processor holding one); a missing token
-        is an error that names it."""
+        is an error that names it.
+
+        Read once per tokenizer object (batch builders call this for every batch); read
+        again if its pad token was changed since."""
         tok = getattr(tokenizer, "tokenizer", tokenizer)
+        try:
+            pad_token, ids = _READ[tok]
+            if pad_token == tok.pad_token:
+                return ids
+        except (KeyError, TypeError):  # not read yet, or an object that takes no weak reference
+            pass
+        ids = cls._read(tok)
+        try:
+            _READ[tok] = (tok.pad_token, ids)
+        except TypeError:
+            pass
+        return ids
+
+    @classmethod
+    def _read(cls, tok) -> "TokenIds":
         names = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|im_end|>", "<|endoftext|>")
         ids = [tok.convert_tokens_to_ids(n) for n in names]
         unk = getattr(tok, "unk_token_id", None)
@@ -64,6 +83,10 @@ class TokenIds:
         return cls(image=int(config.image_token_id), video=int(config.video_token_id),
                    vision_start=int(config.vision_start_token_id), vision_end=int(config.vision_end_token_id),
                    im_end=int(eos), endoftext=int(endoftext), pad=int(endoftext if pad is None else pad))
+
+
+# tokenizer -> (its pad token when read, its ids); entries go with their tokenizer
+_READ: "weakref.WeakKeyDictionary[object, tuple[str | None, TokenIds]]" = weakref.WeakKeyDictionary()
 
 
 def check_agree(tokenizer, config) -> TokenIds:
