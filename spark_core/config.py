@@ -1,8 +1,12 @@
 """One typed configuration tree for the whole pipeline, with named presets.
 
-Every stage reads only its own section, and every stage's cache key includes the
-hash of that section, so changing e.g. the learning rate re-runs the update but
-keeps cached rollouts of earlier epochs.
+Each section is a dataclass whose fields say what they do (`help`, printed by
+`python -m spark_core.config`). Flyte tasks take the sections they read as typed
+inputs (tasks/), so a stage's cache key holds exactly its own settings: a new
+`train.lr` reruns the updates and keeps the first epoch's rollouts and rewards.
+`load_config` parses a preset plus dotted overrides with pydantic (unknown keys, wrong
+types and values outside a field's choices are refused, naming the field) and runs the
+checks that span sections.
 """
 
 from __future__ import annotations
@@ -13,207 +17,220 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
 ARMS = ("policy", "reward", "policy_reward", "spark")
 Arm = Literal["policy", "reward", "policy_reward", "spark"]
 
 # Instruction appended to every question; the verifier only rewards \boxed{}.
 ANSWER_SUFFIX = "Think it through step by step, then give the final answer in \\boxed{}."
 
+# every section refuses keys it does not define (a typo in an override is an error)
+_STRICT = ConfigDict(extra="forbid")
+
+
+def opt(default: Any, help: str) -> Any:
+    """A field with its documentation (TRL-style `help` metadata)."""
+    return field(default=default, metadata={"help": help})
+
+
+def section(factory, help: str) -> Any:
+    return field(default_factory=factory, metadata={"help": help})
+
 
 @dataclass
 class TinyModelConfig:
     """Sizes of the embedded tiny Qwen2.5-VL (random init) and its vocabulary."""
 
-    # "compact": a byte-level BPE of `vocab_size` tokens learnt from the synthetic task and
-    # recycle template text (spark_core/model/tokenizer.py), Qwen's special tokens and chat
-    # template kept; "qwen": Qwen2's real 151,643-token vocabulary (152,064 embedding rows),
-    # whose LM head is ~97% of a 64-wide model's multiply-adds per generated token.
-    vocab: str = "compact"
-    vocab_size: int = 1024  # compact only: BPE tokens, special tokens and the 256 bytes included
-
-    # The tied 152k-row embedding/LM head is ~9.7M of the parameters and most of the
-    # compute per response token, and its cost grows with hidden_size; depth and the
-    # vision tower (16 image tokens at 112 px) are cheap next to it, so they are larger.
-    hidden_size: int = 64
-    intermediate_size: int = 256
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
-    vision_depth: int = 4
-    vision_hidden_size: int = 128
-    vision_intermediate_size: int = 256
-    vision_num_heads: int = 4
-    # std of the tied embedding/LM head rows. Qwen's 0.02 leaves a hidden-64 model's
-    # logits nearly flat, and the warm start then spends its first ~60 steps growing
-    # them; a larger start lets it emit its answer tokens within a few steps.
-    embed_init_std: float = 0.1
-    # "fan_in": every linear and patch-embedding weight ~ N(0, 1/fan_in), the std that
-    # keeps activations at unit scale through a narrow network. Qwen's config value
-    # (0.02, right for a 3584-wide model) shrinks a 64-wide layer's output ~6x, so the
-    # answer barely depends on the image and the warm start sits on a plateau (the
-    # per-task marginal) for ~150 steps. "config": the checkpoint config's initializer_range.
-    weight_init: str = "fan_in"
-    seed: int = 0
+    __pydantic_config__ = _STRICT
+    vocab: Literal["compact", "qwen"] = opt(
+        "compact", "compact: a byte-level BPE of vocab_size tokens learnt from the synthetic task and recycle "
+        "template text, Qwen's special tokens and chat template kept (spark_core/model/tokenizer.py); qwen: "
+        "Qwen2's real 151,643-token vocabulary (152,064 embedding rows), whose LM head is ~97% of a 64-wide "
+        "model's multiply-adds per generated token")
+    vocab_size: int = opt(1024, "compact only: BPE tokens, special tokens and the 256 bytes included")
+    hidden_size: int = opt(64, "width of the language model")
+    intermediate_size: int = opt(256, "MLP width of the language model")
+    num_hidden_layers: int = opt(4, "language-model layers")
+    num_attention_heads: int = opt(4, "attention heads per layer")
+    num_key_value_heads: int = opt(2, "key/value heads per layer (grouped-query attention)")
+    vision_depth: int = opt(4, "vision-tower blocks (16 image tokens at 112 px)")
+    vision_hidden_size: int = opt(128, "vision-tower width")
+    vision_intermediate_size: int = opt(256, "vision-tower MLP width")
+    vision_num_heads: int = opt(4, "vision-tower attention heads")
+    embed_init_std: float = opt(
+        0.1, "std of the tied embedding/LM head rows. Qwen's 0.02 leaves a 64-wide model's logits nearly "
+        "flat, and the warm start spends its first ~60 steps growing them")
+    weight_init: Literal["fan_in", "config"] = opt(
+        "fan_in", "fan_in: every linear and patch-embedding weight ~ N(0, 1/fan_in), which keeps activations "
+        "at unit scale through a narrow network (Qwen's 0.02, right for a 3584-wide model, shrinks a 64-wide "
+        "layer's output ~6x, and the warm start then sits ~150 steps on a plateau); config: the checkpoint "
+        "config's initializer_range")
+    seed: int = opt(0, "seed of the initial weights")
 
 
 @dataclass
 class ModelConfig:
-    """Which model to start from.
+    """Which model to start from, and how it is loaded."""
 
-    path: "tiny" builds the embedded tiny model; anything else is a local Hugging Face
-    directory (e.g. a downloaded Qwen/Qwen2.5-VL-7B-Instruct or internlm/Spark-VL-7B).
-    """
-
-    path: str = "tiny"
-    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
-    trust_remote_code: bool = False  # never execute code shipped with weights unless asked
-    min_pixels: int = 4 * 28 * 28
-    max_pixels: int = 64 * 28 * 28  # same limit for rollout (hf/vllm) and trainer processor
-    dtype: str = "float32"  # "bfloat16" on GPU presets
-    attn_implementation: str = "sdpa"  # "flash_attention_2" when flash-attn is installed
+    __pydantic_config__ = _STRICT
+    path: str = opt("tiny", '"tiny" builds the embedded tiny model; anything else is a Hugging Face directory or '
+                            'bucket URI (e.g. Qwen/Qwen2.5-VL-7B-Instruct or internlm/Spark-VL-7B, downloaded)')
+    tiny: TinyModelConfig = section(TinyModelConfig, "the embedded tiny model (path tiny)")
+    trust_remote_code: bool = opt(False, "execute code shipped with the weights (never unless asked)")
+    min_pixels: int = opt(4 * 28 * 28, "smallest image area the processor resizes to (pixels)")
+    max_pixels: int = opt(64 * 28 * 28, "largest image area, the same for rollout (hf/vllm) and trainer")
+    dtype: Literal["float32", "bfloat16", "float16"] = opt("float32", "weights' dtype (bfloat16 on GPU presets)")
+    attn_implementation: str = opt("sdpa", "transformers attention kernel: sdpa, eager, or flash_attention_2 "
+                                           "when flash-attn is installed")
 
 
 @dataclass
 class DataConfig:
-    """Training/eval data. train_path "" means the synthetic visual-math generator."""
+    """Training and held-out data."""
 
-    train_path: str = ""
-    eval_path: str = ""
-    synthetic_train: int = 3000  # enough distinct pictures that the warm start cannot memorise them
-    synthetic_eval: int = 200  # standard error of accuracy <= 0.035
-    # which synthetic tasks (spark_core.data.synthetic): the colour-amount tasks the tiny
-    # model learns to read; the printed-digit tasks ("count", "read_number", "bar_max",
-    # "rect_area", "add_shown") need a model that can read glyphs
-    synthetic_tasks: tuple[str, ...] = ("count_dots", "total_dots", "more_dots", "bar_height", "grid_area")
-    image_size: int = 112
-    seed: int = 1234
-    max_prompt_tokens: int = 512  # rows whose prompt is longer are quarantined
+    __pydantic_config__ = _STRICT
+    train_path: str = opt("", 'training rows (.json/.jsonl/.parquet, local or bucket URI); "" = the synthetic '
+                              'visual-math generator')
+    eval_path: str = opt("", 'held-out rows; "" = the synthetic generator\'s held-out split')
+    synthetic_train: int = opt(3000, "synthetic training problems: enough distinct pictures that the warm start "
+                                     "cannot memorise them")
+    synthetic_eval: int = opt(200, "synthetic held-out problems (standard error of accuracy <= 0.035)")
+    synthetic_tasks: tuple[str, ...] = opt(
+        ("count_dots", "total_dots", "more_dots", "bar_height", "grid_area"),
+        "synthetic tasks (spark_core.data.synthetic): the colour-amount tasks the tiny model learns to read; the "
+        "printed-digit tasks (count, read_number, bar_max, rect_area, add_shown) need a model that reads glyphs")
+    image_size: int = opt(112, "side of the synthetic images (pixels)")
+    seed: int = opt(1234, "seed of the synthetic data")
+    max_prompt_tokens: int = opt(512, "rows whose prompt is longer are quarantined")
 
 
 @dataclass
 class BootstrapConfig:
     """Short supervised warm start on worked solutions (only sensible for the tiny model)."""
 
-    enabled: bool = True
-    steps: int = 200
-    batch_size: int = 32
-    lr: float = 1e-3  # 3e-3 learns the answer format sooner but then reads the images less well
-    judge_fraction: float = 0.25  # share of judge-format examples, so the judge role has a format
-    # share of reflection-format examples (a wrong answer shown, the true answer as target), so
-    # that the recycled pass's reflection prompts are solved rather than given a verdict
-    reflection_fraction: float = 0.0
-    brief_targets: bool = True  # targets are just "\\boxed{answer}" (cheaper per example on CPU)
+    __pydantic_config__ = _STRICT
+    enabled: bool = opt(True, "run the warm start (GPU presets start from an instruct model and skip it)")
+    steps: int = opt(200, "optimizer steps")
+    batch_size: int = opt(32, "examples per step")
+    lr: float = opt(1e-3, "AdamW learning rate (3e-3 learns the answer format sooner but reads the images less well)")
+    judge_fraction: float = opt(0.25, "share of judge-format examples, so that the judge role has a format")
+    reflection_fraction: float = opt(
+        0.0, "share of reflection-format examples (a wrong answer shown, the true answer as target), so that the "
+        "recycled pass's reflection prompts are solved rather than given a verdict")
+    brief_targets: bool = opt(True, 'targets are just "\\\\boxed{answer}" (cheaper per example on CPU)')
 
 
 @dataclass
 class RolloutConfig:
-    backend: Literal["hf", "vllm"] = "hf"
-    prompts_per_epoch: int = 64
-    n_samples: int = 8  # G
-    # 1.0 as published (the GPU presets); the tiny default samples at 0.7: at 1.0 its first
-    # epoch turned total_dots' greedy answers into the task's most common answer (0.86 -> 0.53),
-    # at 0.7 it kept them (0.80; docs/tiny-default.md)
-    temperature: float = 0.7
-    # nucleus sampling for rollouts; 1.0 = the full distribution, as published
-    # (benchmarks/research/rollout_tail.py measures what a cut does to the samples)
-    top_p: float = 1.0
-    max_new_tokens: int = 16
-    n_shards: int = 2  # map_task shards over prompts
-    gpu_memory_utilization: float = 0.5
-    # The vLLM engine of a segment (loop.mode "segment") shares each GPU with the trainer,
-    # which is built first: vLLM refuses to start unless this share of the card is still
-    # free, so it must leave room for the trainer's weights, ZeRO shards, Adam moments and
-    # reference model, unlike `gpu_memory_utilization` of a rollout pod that has the GPU to
-    # itself. Checked at config time (spark_core/memory_budget.py, docs/cluster.md).
-    colocated_gpu_memory_utilization: float = 0.3
-    tensor_parallel_size: int = 1
+    """Sampling G answers per prompt."""
+
+    __pydantic_config__ = _STRICT
+    backend: Literal["hf", "vllm"] = opt("hf", "hf: transformers generate (CPU, tests); vllm: the GPU engine")
+    prompts_per_epoch: int = opt(64, "problems rolled out per epoch (the policy pass's batch)")
+    n_samples: int = opt(8, "G, samples per prompt")
+    temperature: float = opt(
+        0.7, "sampling temperature: 1.0 as published (the GPU presets); the tiny default samples at 0.7: at 1.0 "
+        "its first epoch turned total_dots' greedy answers into the task's most common answer (0.86 -> 0.53), "
+        "at 0.7 it kept them (0.80; docs/tiny-default.md)")
+    top_p: float = opt(1.0, "nucleus sampling; 1.0 = the full distribution, as published")
+    max_new_tokens: int = opt(16, "response length limit")
+    n_shards: int = opt(2, "rollout tasks per pass (map_task shards over prompts)")
+    gpu_memory_utilization: float = opt(0.5, "share of a rollout pod's GPU the vLLM engine takes")
+    colocated_gpu_memory_utilization: float = opt(
+        0.3, "the vLLM engine's share of each GPU in a segment (loop.mode segment), where it shares the card "
+        "with the trainer built first: it must leave room for the trainer's weights, ZeRO shards, Adam moments "
+        "and reference model (checked at config time, spark_core/memory_budget.py, docs/cluster.md)")
+    tensor_parallel_size: int = opt(1, "GPUs per vLLM engine")
 
 
 @dataclass
 class RewardConfig:
-    timeout_s: float = 5.0  # per-sample verifier timeout; a hang scores 0
-    workers: int = 2
+    """The verifiable reward: the last \\boxed{} answer checked with math_verify."""
+
+    __pydantic_config__ = _STRICT
+    timeout_s: float = opt(5.0, "per-sample verifier timeout; a hang scores 0")
+    workers: int = opt(2, "verifier processes")
 
 
 @dataclass
 class RecycleConfig:
-    arm: Arm = "spark"
-    p_pointwise_mixed: float = 0.3
-    max_judge_fraction: float = 0.5  # at most half of the recycled batch is judge data
-    cot_reflection_fraction: float = 0.5  # half of the reflection samples show the wrong CoT
-    recycled_batch: int = 0  # 0 = same as prompts_per_epoch
-    seed: int = 42
+    """Turning rollouts into judge and reflection prompts with checkable labels."""
+
+    __pydantic_config__ = _STRICT
+    arm: Arm = opt("spark", "spark: both passes with reflection; policy: GRPO on the problems only; reward: only "
+                            "the judge pass is trained; policy_reward: both passes, no reflection (ablations)")
+    p_pointwise_mixed: float = opt(0.3, "share of pointwise judge prompts drawn from groups with mixed rewards")
+    max_judge_fraction: float = opt(0.5, "at most this share of the recycled batch is judge data")
+    cot_reflection_fraction: float = opt(0.5, "share of reflection samples that show the wrong reasoning, not "
+                                              "just its answer")
+    recycled_batch: int = opt(0, "recycled prompts per recycled pass; 0 = rollout.prompts_per_epoch")
+    seed: int = opt(42, "seed of the recycling draws")
 
 
 @dataclass
 class TrainConfig:
-    # tiny default: at 1e-4, p(answer) rose in each of 5 policy epochs of 128 prompts
-    # (0.263 -> 0.295) and held-out accuracy dipped then recovered; 2e-4 lost 13 points in
-    # one epoch (docs/tiny-default.md). The GPU presets use the published 5e-7
-    lr: float = 1e-4
-    min_lr_ratio: float = 0.1
-    warmup_ratio: float = 0.03
-    adam_betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    eps_clip: float = 0.2
-    kl_coef: float = 0.001
-    micro_batch_size: int = 16  # samples per forward/backward on one rank
-    # samples per optimizer step over all ranks: must be micro_batch_size x gradient
-    # accumulation x update world size (checked by validate_train_batch)
-    train_batch_size: int = 64
-    # > 0: each rank's share of an optimizer step is cut by tokens instead of into
-    # micro_batch_size samples: sorted by length, micro-batches of at most this many tokens
-    # through the model (longest x count padded, the sum packed), so short samples share a
-    # forward instead of each padding to the longest of a fixed group (verl's
-    # use_dynamic_bsz). Steps keep train_batch_size samples and the step-token loss mean,
-    # so the gradient is the same whatever the cut. 0: fixed micro_batch_size.
-    micro_batch_tokens: int = 0
-    # padding-free micro-batches: the sequences concatenated into one row, attention kept
-    # within each, M-RoPE positions as if alone (spark_core/model/packing.py; verl's
-    # use_remove_padding). Saves the padding's compute; needs model.attn_implementation
-    # sdpa, eager or flash_attention_2/3 (flash-attn's varlen kernel)
-    packed: bool = False
-    ppo_epochs: int = 1
-    zero_stage: int = 2
-    # the stage a one-rank job runs instead, when lower: one rank has nothing to partition,
-    # and ZeRO-3 there still gathers and frees every module's weights in every micro-batch
-    # (spark_core/memory_budget.py, effective_zero_stage)
-    single_rank_zero_stage: int = 1
-    bf16: bool = False
-    gradient_checkpointing: bool = False
-    # keep the vision encoder's weights fixed in the GRPO update (as VLM RL recipes often
-    # do when the encoder is already trained); off: the whole model is trained, as published
-    # (the GPU presets). On in the tiny default: its warm-started encoder is what reads the
-    # dots, and with it trained a spark epoch took total_dots from 0.90 to 0.38 (frozen: 0.80)
-    freeze_vision: bool = True
-    max_bad_steps: int = 3  # consecutive non-finite steps that stop the run
-    # the recycled (judge and reflection) pass's learning rate, as a share of the schedule's.
-    # Adam moves every weight by about the learning rate whatever the size of the signal, so
-    # a pass whose rewards barely vary (a judge that cannot yet judge) perturbs the solver as
-    # much as a pass that teaches it (docs/tiny-default.md); 1.0 = the same rate, as published
-    # (the GPU presets). The tiny default: at 1.0 a spark epoch took held-out accuracy from
-    # 0.562 to 0.200, at 0.1 to 0.503 (policy pass alone: 0.528-0.543)
-    recycled_lr_scale: float = 0.1
-    # pi_old is recomputed by the trainer; the rollout engine's log-probs only serve to log
-    # their gap and, when tis_cap > 0, for truncated importance sampling: each token's
-    # surrogate is weighted by min(pi_old_trainer / pi_rollout, tis_cap) (e.g. 2.0). Off: 0.
-    tis_cap: float = 0.0
-    seed: int = 42
+    """The GRPO update (DeepSpeed)."""
+
+    __pydantic_config__ = _STRICT
+    lr: float = opt(
+        1e-4, "peak learning rate. Tiny default: at 1e-4, p(answer) rose in each of 5 policy epochs of 128 "
+        "prompts (0.263 -> 0.295); 2e-4 lost 13 points in one epoch (docs/tiny-default.md). GPU presets: the "
+        "published 5e-7")
+    min_lr_ratio: float = opt(0.1, "the cosine schedule ends at lr x this")
+    warmup_ratio: float = opt(0.03, "share of the run's optimizer steps spent warming up")
+    adam_betas: tuple[float, float] = opt((0.9, 0.95), "AdamW betas")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    grad_clip: float = opt(1.0, "gradient-norm clip")
+    eps_clip: float = opt(0.2, "PPO ratio clip")
+    kl_coef: float = opt(0.001, "weight of the KL penalty to the reference (starting) model")
+    micro_batch_size: int = opt(16, "samples per forward/backward on one rank")
+    train_batch_size: int = opt(64, "samples per optimizer step over all ranks: micro_batch_size x gradient "
+                                    "accumulation x update world size (checked by validate_train_batch)")
+    micro_batch_tokens: int = opt(
+        0, "> 0: each rank's share of a step is cut by tokens instead of into micro_batch_size samples (sorted by "
+        "length, at most this many tokens per forward, verl's use_dynamic_bsz); the gradient is the same "
+        "whatever the cut. 0: fixed micro_batch_size")
+    packed: bool = opt(
+        False, "padding-free micro-batches: sequences concatenated into one row, attention kept within each, "
+        "M-RoPE positions as if alone (spark_core/model/packing.py); needs model.attn_implementation sdpa, eager "
+        "or flash_attention_2/3")
+    ppo_epochs: int = opt(1, "passes over each batch of rollouts")
+    zero_stage: int = opt(2, "DeepSpeed ZeRO stage on several ranks")
+    single_rank_zero_stage: int = opt(
+        1, "the stage a one-rank job runs instead, when lower: one rank has nothing to partition, and ZeRO-3 "
+        "there still gathers and frees every module's weights in every micro-batch (memory_budget.py)")
+    bf16: bool = opt(False, "bf16 mixed precision (GPU presets)")
+    gradient_checkpointing: bool = opt(False, "recompute activations in the backward pass (saves memory)")
+    freeze_vision: bool = opt(
+        True, "keep the vision encoder fixed in the GRPO update; off: the whole model is trained, as published "
+        "(GPU presets). On in the tiny default: its warm-started encoder reads the dots, and with it trained a "
+        "spark epoch took total_dots from 0.90 to 0.38 (frozen: 0.80)")
+    max_bad_steps: int = opt(3, "consecutive non-finite steps that stop the run")
+    recycled_lr_scale: float = opt(
+        0.1, "the recycled (judge and reflection) pass's learning rate as a share of the schedule's. Adam moves "
+        "every weight by about the learning rate whatever the size of the signal, so a pass whose rewards barely "
+        "vary perturbs the solver as much as one that teaches it; 1.0 = as published (GPU presets). Tiny default: "
+        "at 1.0 a spark epoch took held-out accuracy from 0.562 to 0.200, at 0.1 to 0.503")
+    tis_cap: float = opt(
+        0.0, "> 0: truncated importance sampling, each token's surrogate weighted by min(pi_old_trainer / "
+        "pi_rollout, tis_cap) (e.g. 2.0); pi_old is always recomputed by the trainer. 0: off")
+    seed: int = opt(42, "seed of the step plan and dropout")
 
 
 @dataclass
 class EvalConfig:
-    max_new_tokens: int = 16
-    tts_rounds: int = 2
-    judge_samples: int = 100  # 300 balanced judge prompts
-    # held-out problems whose true answer's probability is measured by teacher forcing
-    # (eval/answer_prob, eval/answer_logprob; spark_core/evaluate/likelihood.py): a smooth
-    # measure of learning for models that answer with a bare \boxed{}; 0 = off
-    answer_likelihood_problems: int = 128
-    # evaluate the starting model, every `every`-th epoch and the last epoch (long runs
-    # and benchmarks with large held-out sets may skip the epochs in between)
-    every: int = 1
+    """Held-out evaluation: greedy solve accuracy and judge accuracy, kept apart."""
+
+    __pydantic_config__ = _STRICT
+    max_new_tokens: int = opt(16, "response length limit (also for the held-out judge set's sampled answers)")
+    tts_rounds: int = opt(2, "rounds of self-reflection in test-time scaling (spark-eval)")
+    judge_samples: int = opt(100, "held-out problems the judge set is built from (3 balanced prompts each)")
+    answer_likelihood_problems: int = opt(
+        128, "held-out problems whose true answer's probability is measured by teacher forcing (eval/answer_prob): "
+        "a smooth measure of learning for models that answer with a bare \\\\boxed{}; 0 = off")
+    every: int = opt(1, "evaluate the start, every `every`-th epoch and the last one (long runs may skip the "
+                        "epochs in between)")
 
 
 @dataclass
@@ -227,48 +244,62 @@ class LoopConfig:
     so no dynamic workflow grows past a few hundred nodes (0 = sized automatically).
     """
 
-    mode: Literal["dag", "segment"] = "dag"
-    segment_steps: int = 16
-    block_epochs: int = 0
+    __pydantic_config__ = _STRICT
+    mode: Literal["dag", "segment"] = opt("dag", "dag: a node per stage and epoch; segment: K colocated epochs "
+                                                 "per GPU node")
+    segment_steps: int = opt(16, "K, epochs per segment node")
+    block_epochs: int = opt(0, "epochs per sub-launch-plan execution; 0 = sized automatically (loop_plan.py)")
+
+    def __post_init__(self):
+        if self.segment_steps < 1 or self.block_epochs < 0:
+            raise ValueError(f"loop: segment_steps must be >= 1 and block_epochs >= 0, got {self}")
 
 
 @dataclass
 class StageResources:
-    cpu: str = "2"
-    mem: str = "8Gi"
-    gpu: int = 0
-    accelerator: str = ""  # "nvidia-h100" etc.; empty on CPU
-    nnodes: int = 1
-    nproc_per_node: int = 1
+    """One kind of pod."""
+
+    __pydantic_config__ = _STRICT
+    cpu: str = opt("2", "CPU request")
+    mem: str = opt("8Gi", "memory request")
+    gpu: int = opt(0, "GPUs per pod")
+    accelerator: str = opt("", 'GPU kind, e.g. "nvidia-h100"; empty on CPU')
+    nnodes: int = opt(1, "pods of a distributed (Elastic) job")
+    nproc_per_node: int = opt(1, "processes (ranks) per pod")
 
 
 @dataclass
 class ClusterConfig:
-    rollout: StageResources = field(default_factory=StageResources)
-    update: StageResources = field(default_factory=StageResources)
-    light: StageResources = field(default_factory=lambda: StageResources(cpu="2", mem="4Gi"))
-    segment: StageResources = field(default_factory=StageResources)  # the colocated K-step node
-    # A ReadWriteMany PersistentVolumeClaim for optimizer/ZeRO state and checkpoints
-    # between nodes, mounted at state_mount_path through pod templates; "" = object storage.
-    state_volume_claim: str = ""
-    state_mount_path: str = "/mnt/spark-state"
+    """The pods of each stage (read when the workflow is registered: tasks/resources.py)."""
+
+    __pydantic_config__ = _STRICT
+    rollout: StageResources = section(StageResources, "a rollout (and evaluation) pod")
+    update: StageResources = section(StageResources, "the update job")
+    light: StageResources = section(lambda: StageResources(cpu="2", mem="4Gi"), "data, reward, recycle, tracking")
+    segment: StageResources = section(StageResources, "the colocated K-epoch segment job")
+    state_volume_claim: str = opt("", 'a ReadWriteMany PersistentVolumeClaim for optimizer/ZeRO state and '
+                                      'checkpoints between nodes, mounted at state_mount_path; "" = object storage')
+    state_mount_path: str = opt("/mnt/spark-state", "where the state volume is mounted")
 
 
 @dataclass
 class SparkConfig:
-    preset: str = "tiny-cpu"
-    epochs: int = 2
-    seed: int = 42
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    recycle: RecycleConfig = field(default_factory=RecycleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-    loop: LoopConfig = field(default_factory=LoopConfig)
+    """The whole run."""
+
+    __pydantic_config__ = _STRICT
+    preset: str = opt("tiny-cpu", "the preset this config started from")
+    epochs: int = opt(2, "co-evolution epochs (SPARK steps)")
+    seed: int = opt(42, "seed of the loop: prompt order and rollout sampling")
+    model: ModelConfig = section(ModelConfig, ModelConfig.__doc__)
+    data: DataConfig = section(DataConfig, DataConfig.__doc__)
+    bootstrap: BootstrapConfig = section(BootstrapConfig, BootstrapConfig.__doc__)
+    rollout: RolloutConfig = section(RolloutConfig, RolloutConfig.__doc__)
+    reward: RewardConfig = section(RewardConfig, RewardConfig.__doc__)
+    recycle: RecycleConfig = section(RecycleConfig, RecycleConfig.__doc__)
+    train: TrainConfig = section(TrainConfig, TrainConfig.__doc__)
+    eval: EvalConfig = section(EvalConfig, EvalConfig.__doc__)
+    cluster: ClusterConfig = section(ClusterConfig, ClusterConfig.__doc__)
+    loop: LoopConfig = section(LoopConfig, "how the loop is laid out as Flyte nodes")
 
     # ---- serialisation -------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -279,14 +310,18 @@ class SparkConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SparkConfig":
-        return _from_dict(cls, d)
+        """Parsed and checked field by field (pydantic); errors name the dotted field."""
+        try:
+            return _ADAPTER.validate_python(d)
+        except ValidationError as e:
+            raise ConfigError(_explain(e)) from None
 
     @classmethod
     def from_json(cls, s: str) -> "SparkConfig":
         return cls.from_dict(json.loads(s))
 
     def section_hash(self, *names: str) -> str:
-        """Short stable hash of some sections, used in cache keys and artifact metadata."""
+        """Short stable hash of some sections (artifact metadata)."""
         d = self.to_dict()
         payload = json.dumps({n: d[n] for n in names} if names else d, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -299,58 +334,42 @@ class SparkConfig:
             parts = key.split(".")
             for p in parts[:-1]:
                 if p not in node or not isinstance(node[p], dict):
-                    raise KeyError(f"unknown config section {key!r}")
+                    raise ConfigError(f"unknown config section in {key!r}")
                 node = node[p]
             if parts[-1] not in node:
-                raise KeyError(f"unknown config field {key!r}")
+                raise ConfigError(f"unknown config field {key!r}")
             node[parts[-1]] = value
         return SparkConfig.from_dict(d)
 
 
-def _from_dict(cls, d: dict[str, Any]):
-    if not isinstance(d, dict):
-        raise TypeError(f"expected a mapping for {cls.__name__}, got {type(d).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(d) - set(known)
-    if unknown:
-        raise KeyError(f"unknown fields for {cls.__name__}: {sorted(unknown)}")
-    kwargs = {}
-    for name, f in known.items():
-        if name not in d:
-            continue
-        value = d[name]
-        ftype = f.type if not isinstance(f.type, str) else _resolve(f.type)
-        if dataclasses.is_dataclass(ftype):
-            value = _from_dict(ftype, value)
-        elif name in ("adam_betas", "synthetic_tasks"):
-            value = tuple(value)
-        kwargs[name] = value
-    obj = cls(**kwargs)
-    if cls is RecycleConfig and obj.arm not in ARMS:
-        raise ValueError(f"recycle.arm must be one of {ARMS}, got {obj.arm!r}")
-    if cls is LoopConfig:
-        if obj.mode not in ("dag", "segment"):
-            raise ValueError(f"loop.mode must be 'dag' or 'segment', got {obj.mode!r}")
-        if obj.segment_steps < 1 or obj.block_epochs < 0:
-            raise ValueError(f"loop: segment_steps must be >= 1, block_epochs >= 0: {obj}")
-    return obj
+class ConfigError(ValueError, KeyError):
+    """A config that cannot run: an unknown key, a wrong type, a value out of range."""
+
+    __str__ = ValueError.__str__  # KeyError would quote the message
 
 
-def _resolve(type_name: str):
-    return {
-        "TinyModelConfig": TinyModelConfig,
-        "ModelConfig": ModelConfig,
-        "DataConfig": DataConfig,
-        "BootstrapConfig": BootstrapConfig,
-        "RolloutConfig": RolloutConfig,
-        "RewardConfig": RewardConfig,
-        "RecycleConfig": RecycleConfig,
-        "TrainConfig": TrainConfig,
-        "EvalConfig": EvalConfig,
-        "StageResources": StageResources,
-        "ClusterConfig": ClusterConfig,
-        "LoopConfig": LoopConfig,
-    }.get(type_name)
+_ADAPTER = TypeAdapter(SparkConfig)
+
+
+def _explain(e: ValidationError) -> str:
+    lines = []
+    for err in e.errors():
+        where = ".".join(str(p) for p in err["loc"])
+        lines.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return "invalid config: " + "; ".join(lines)
+
+
+def field_docs(obj=None, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, value, help) of every leaf field, in declaration order."""
+    obj = SparkConfig() if obj is None else obj
+    out = []
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if dataclasses.is_dataclass(v):
+            out += field_docs(v, f"{prefix}{f.name}.")
+        else:
+            out.append((prefix + f.name, v, f.metadata.get("help", "")))
+    return out
 
 
 # ---- presets -----------------------------------------------------------
@@ -467,12 +486,12 @@ def validate_train_batch(train: TrainConfig, world: int) -> int:
     then hold a different number of samples than the LR schedule counts)."""
     per_micro_round = train.micro_batch_size * world
     if train.micro_batch_size < 1 or train.train_batch_size < 1:
-        raise ValueError(f"train.micro_batch_size ({train.micro_batch_size}) and train.train_batch_size "
+        raise ConfigError(f"train.micro_batch_size ({train.micro_batch_size}) and train.train_batch_size "
                          f"({train.train_batch_size}) must be positive")
     if train.micro_batch_tokens < 0:
-        raise ValueError(f"train.micro_batch_tokens ({train.micro_batch_tokens}) must be 0 (off) or positive")
+        raise ConfigError(f"train.micro_batch_tokens ({train.micro_batch_tokens}) must be 0 (off) or positive")
     if train.train_batch_size % per_micro_round:
-        raise ValueError(
+        raise ConfigError(
             f"train.train_batch_size={train.train_batch_size} is not micro_batch_size ({train.micro_batch_size}) x "
             f"gradient accumulation x update world size ({world}): it must be a multiple of {per_micro_round} "
             f"(change train.micro_batch_size or train.train_batch_size)")
@@ -512,29 +531,6 @@ def total_optimizer_steps(cfg: "SparkConfig", world: int | None = None) -> int:
     return cfg.epochs * per_epoch * cfg.train.ppo_epochs
 
 
-def prefix_view(cfg: "SparkConfig") -> "SparkConfig":
-    """The config as the stages before the epoch loop see it (data, model, warm start,
-    held-out judge set): fields that only shape the loop are reset to their defaults,
-    so runs that differ only in those (e.g. the ablation arms) share the cached prefix.
-
-    The seeds are among them: `seed` (prompt order, rollout sampling), `recycle.seed`
-    and `train.seed` vary the RL loop, while the warm start and judge set always use the
-    default seed, so runs over several seeds start from the same model. `data.seed` and
-    `model.tiny.seed` change the data and the initial weights."""
-    d = cfg.to_dict()
-    d["epochs"] = SparkConfig().epochs
-    d["seed"] = SparkConfig().seed
-    d["recycle"]["seed"] = RecycleConfig().seed
-    d["eval"]["every"] = EvalConfig().every
-    d["train"] = dataclasses.asdict(TrainConfig())
-    d["recycle"]["arm"] = "spark"
-    d["recycle"]["recycled_batch"] = 0
-    d["rollout"]["prompts_per_epoch"] = RolloutConfig().prompts_per_epoch
-    d["rollout"]["n_shards"] = RolloutConfig().n_shards
-    d["loop"] = dataclasses.asdict(LoopConfig())
-    return SparkConfig.from_dict(d)
-
-
 # The warm start and the held-out judge set always use this seed, so that runs over
 # several seeds (`seed`) start from the same model and are judged on the same prompts;
 # `data.seed` and `model.tiny.seed` change the data and the initial weights.
@@ -559,3 +555,21 @@ class StageConfig:
         payload = {n: dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
                    for n, v in sorted(self.__dict__.items()) if n != "_stage" and (not names or n in names)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def main(argv=None) -> int:
+    """`python -m spark_core.config [--preset NAME]`: every field, its value in the preset, what it does."""
+    import argparse
+    import textwrap
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--preset", default="tiny-cpu", choices=PRESETS)
+    args = ap.parse_args(argv)
+    for key, value, help_text in field_docs(preset(args.preset)):
+        print(f"{key} = {json.dumps(value)}")
+        print(textwrap.fill(help_text, width=100, initial_indent="    ", subsequent_indent="    "))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -103,6 +103,29 @@ TRAIN_STEPS = pa.schema(
     ]
 )
 
+# Epoch metrics: the run's history, one row per epoch (0 = the starting model) and one
+# column per metric key ("eval/accuracy", "policy/reward_mean", ...), null where an
+# epoch did not measure it (e.g. no evaluation that epoch). Its columns are the keys the
+# stages report, so only the epoch column is fixed here.
+EPOCH_METRICS = pa.schema([("epoch", pa.int32())])
+
+
+def history_table(history: list[dict[str, float]]) -> pa.Table:
+    """EPOCH_METRICS from one merged metrics dict per epoch (numbers only, keys sorted)."""
+    keys = sorted({k for m in history for k, v in m.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"})
+    cols = {"epoch": pa.array(range(len(history)), pa.int32())}
+    for k in keys:
+        cols[k] = pa.array([float(m[k]) if isinstance(m.get(k), (int, float)) else None for m in history], pa.float64())
+    return pa.table(cols)
+
+
+def history_rows(t: pa.Table) -> list[dict[str, float]]:
+    """The merged metrics dict of each epoch back from EPOCH_METRICS (nulls left out)."""
+    return [{k: v for k, v in row.items() if k != "epoch" and v is not None}
+            for row in t.sort_by("epoch").to_pylist()]
+
+
 ALL = {
     "prompts": PROMPTS,
     "rollouts": ROLLOUTS,

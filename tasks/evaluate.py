@@ -9,23 +9,23 @@ from flytekit.types.structured import StructuredDataset
 
 from images import rollout_image
 from tasks.cache_versions import stage_cache
-from spark_core.config import PREFIX_SEED, EvalConfig, ModelConfig, RewardConfig, RolloutConfig, StageConfig
+from spark_core.config import PREFIX_SEED, EvalConfig, ModelConfig, RewardConfig, StageConfig
 from tasks.common import Checkpoint, provenance, rows_of, to_sd
 from tasks.resources import ROLLOUT, ROLLOUT_ACCELERATOR
 
 
 @task(cache=stage_cache("judge_eval_set"), container_image=rollout_image, resources=ROLLOUT,
       accelerator=ROLLOUT_ACCELERATOR)
-def judge_eval_set(model: ModelConfig, eval: EvalConfig, reward: RewardConfig, rollout: RolloutConfig,
-                   policy: Checkpoint, eval_prompts: StructuredDataset) -> StructuredDataset:
+def judge_eval_set(model: ModelConfig, eval: EvalConfig, reward: RewardConfig, policy: Checkpoint,
+                   eval_prompts: StructuredDataset) -> StructuredDataset:
     """Held-out judge prompts: recycled from the starting policy's rollouts on eval data,
     fixed for the run so judge accuracy is comparable across epochs."""
     from spark_core import schemas
     from spark_core.evaluate.judge_set import build_judge_eval_set
 
-    cfg = StageConfig("judge_eval_set", model=model, eval=eval, reward=reward, rollout=rollout, seed=PREFIX_SEED)
+    cfg = StageConfig("judge_eval_set", model=model, eval=eval, reward=reward, seed=PREFIX_SEED)
     rows = build_judge_eval_set(cfg, policy.download(), rows_of(eval_prompts, schemas.PROMPTS))
-    return to_sd(rows, schemas.PROMPTS, provenance(cfg, "judge_eval_set", ("eval", "rollout")))
+    return to_sd(rows, schemas.PROMPTS, provenance(cfg, "judge_eval_set", ("eval",)))
 
 
 @task(cache=stage_cache("evaluate"), container_image=rollout_image, resources=ROLLOUT, accelerator=ROLLOUT_ACCELERATOR,

@@ -39,11 +39,18 @@ def test_overrides_keep_compute_equal_and_vary_only_loop_seeds():
     for v in o.values():
         assert v["seed"] == v["recycle.seed"] == v["train.seed"] == 43 and v["train.lr"] == 1e-3
         assert v["data.synthetic_eval"] == v["eval.judge_samples"] == 640 and v["eval.every"] == 4
-    from spark_core.config import SparkConfig, prefix_view
+    from spark_core.config import SparkConfig
+    from tasks.data import prepare_data
+    from tasks.evaluate import evaluate_policy, judge_eval_set
+    from tasks.model import base_model, bootstrap
+    from tests.helpers import config_inputs
 
-    prefixes = {prefix_view(SparkConfig().with_overrides(dict(v, **{"recycle.arm": arm}))).to_json()
-                for arm, v in o.items()}
-    prefixes |= {prefix_view(SparkConfig().with_overrides(arms.arm_overrides("spark", 16, s, 640, 4, {}))).to_json()
+    def prefix(cfg):  # what the stages before the loop take
+        return repr([config_inputs(t, cfg) for t in (prepare_data, base_model, bootstrap, judge_eval_set,
+                                                    evaluate_policy)])
+
+    prefixes = {prefix(SparkConfig().with_overrides(dict(v, **{"recycle.arm": arm}))) for arm, v in o.items()}
+    prefixes |= {prefix(SparkConfig().with_overrides(arms.arm_overrides("spark", 16, s, 640, 4, {})))
                  for s in (42, 44)}
     assert len(prefixes) == 1  # every arm and seed shares the warm start and the held-out sets
 

@@ -1,8 +1,13 @@
-"""eval.every and the prefix config that runs over several seeds share."""
+"""eval.every, and the stages before the loop taking no loop setting (so that runs over
+several seeds, arms and learning rates share them from the cache)."""
 
 from __future__ import annotations
 
-from spark_core.config import SparkConfig, eval_due, prefix_view
+from spark_core.config import SparkConfig
+from spark_core.epoch import eval_due
+
+# what only shapes the loop: runs that differ in these share the stages before it
+LOOP_SETTINGS = {"seed", "epochs", "rollout", "recycle", "train", "loop", "cluster"}
 
 
 def test_eval_due_start_every_nth_and_last_epoch():
@@ -13,11 +18,18 @@ def test_eval_due_start_every_nth_and_last_epoch():
         == [0, 1, 2, 3, 4]
 
 
-def test_seeds_and_eval_schedule_share_the_prefix_but_data_does_not():
-    base = SparkConfig()
-    loop_only = base.with_overrides({"seed": 7, "recycle.seed": 7, "train.seed": 7, "eval.every": 4,
-                                     "recycle.arm": "policy", "epochs": 5})
-    assert prefix_view(loop_only).to_json() == prefix_view(base).to_json() == base.to_json()
-    assert loop_only.seed == 7 and loop_only.recycle.seed == 7  # the loop itself keeps them
-    for other in ({"data.seed": 7}, {"model.tiny.seed": 7}, {"eval.judge_samples": 9}, {"bootstrap.steps": 9}):
-        assert prefix_view(base.with_overrides(other)).to_json() != base.to_json(), other
+def test_the_stages_before_the_loop_take_no_loop_setting():
+    from tasks.data import prepare_data
+    from tasks.evaluate import evaluate_policy, judge_eval_set
+    from tasks.model import base_model, bootstrap
+
+    from tests.helpers import config_inputs
+
+    taken = {}
+    for t in (prepare_data, base_model, bootstrap, judge_eval_set, evaluate_policy):
+        taken[t.name] = set(config_inputs(t, SparkConfig()))
+        assert taken[t.name] and not taken[t.name] & LOOP_SETTINGS, (t.name, taken[t.name])
+    # what does change the data, the start or the held-out sets is taken
+    assert taken["tasks.data.prepare_data"] == {"data", "model"}
+    assert taken["tasks.model.bootstrap"] == {"model", "bootstrap"}
+    assert taken["tasks.evaluate.judge_eval_set"] == {"model", "eval", "reward"}

@@ -37,7 +37,7 @@ def test_workflow_runs_two_epochs_end_to_end(mlflow_db, mode):
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, use_safetensors=True)
     assert model.config.model_type == "qwen2_5_vl"
 
-    history = json.loads(out.metrics)
+    history = schemas.history_rows(out.metrics.open(pa.Table).all())  # a table, one row per epoch
     assert len(history) == 3  # epoch 0 (start) + 2 epochs
     recycled_passes = 0
     for e, m in enumerate(history):
@@ -133,8 +133,9 @@ def test_rerun_reuses_cached_stages(tmp_path):
         assert [row[0] for row in rows] == ["0", "1", "2"] and rows[1][1:4] == ["-", "-", "-"]  # not evaluated
         assert rows[0][1] != "-" and rows[2][1] != "-"
         assert f"(id {r.info.run_id})" in tail and f"mlflow ui --backend-store-uri {env['MLFLOW_TRACKING_URI']}" in tail
-    metrics = json.loads(outs[0].split("metrics='", 1)[1].split("', quarantine=", 1)[0])
-    assert "eval/accuracy" in metrics[0] and "eval/accuracy" not in metrics[1] and "eval/accuracy" in metrics[2]
+    # epoch 1 was not evaluated; the metrics output is a table, not a line of JSON
+    assert [m.step for m in client.get_metric_history(first.info.run_id, "eval/accuracy")] == [0, 2]
+    assert "metrics='" not in outs[0]
 
     # the second run replayed the cache: tagged as a rerun of the first, left out by spark-compare
     assert "repeats" not in outs[0] and f"repeats MLflow run {first.info.run_id}" in outs[1]
@@ -156,7 +157,7 @@ def test_report_and_compare_from_a_real_run(mlflow_db, tmp_path, capsys):
 
     fast = dict(FAST, **{"rollout.prompts_per_epoch": 2, "rollout.n_samples": 2, "bootstrap.steps": 5})
     out = spark(epochs=1, arm="policy", overrides=json.dumps(fast))
-    history = json.loads(out.metrics)
+    history = schemas.history_rows(out.metrics.open(pa.Table).all())
     html = report(history=out.metrics)
     assert f"{history[-1]['eval/accuracy']:.3f}" in html
     assert f"{history[-1]['policy/reward_mean']:.3f}" in html

@@ -22,7 +22,7 @@ from flytekit.types.directory import FlyteDirectory
 from flytekit.types.structured import StructuredDataset
 
 from images import light_image
-from spark_core.config import SparkConfig
+from spark_core.config import BootstrapConfig, DataConfig, EvalConfig, ModelConfig, RewardConfig, SparkConfig
 from tasks.common import Checkpoint
 from tasks.data import prepare_data
 from tasks.evaluate import evaluate_policy, judge_eval_set
@@ -41,9 +41,21 @@ class SparkOutput(NamedTuple):
     summary: RunSummary  # last, so a local `pyflyte run` ends with its readable text
 
 
+class Configs(NamedTuple):
+    """The config, and the sections that the stages before the loop take (as outputs of
+    their own: a promise's attribute `eval` would be Promise.eval)."""
+
+    config: SparkConfig
+    data: DataConfig
+    model: ModelConfig
+    bootstrap: BootstrapConfig
+    eval: EvalConfig
+    reward: RewardConfig
+
+
 @task(container_image=light_image, resources=LIGHT, environment={"SPARK_PRESET": PRESET})
 def make_config(preset: str, epochs: int, arm: str, model: str, data: str, eval_data: str,
-                overrides: str, mode: str = "") -> SparkConfig:
+                overrides: str, mode: str = "") -> Configs:
     """Preset + workflow inputs + JSON overrides -> the config; each task takes its sections."""
     from spark_core.config import check_registered_preset, load_config
 
@@ -62,7 +74,7 @@ def make_config(preset: str, epochs: int, arm: str, model: str, data: str, eval_
     cfg = load_config(preset, overrides, fields)
     if not cfg.model.path:
         raise ValueError(f"preset {preset} needs a model: pass --model <HF directory or bucket URI>")
-    return cfg
+    return Configs(cfg, cfg.data, cfg.model, cfg.bootstrap, cfg.eval, cfg.reward)
 
 
 class BlockOutput(NamedTuple):
@@ -148,16 +160,15 @@ def spark(preset: str = PRESET, epochs: int = 0, arm: str = "spark", model: str 
     """
     cfg = make_config(preset=preset, epochs=epochs, arm=arm, model=model, data=data, eval_data=eval_data,
                       overrides=overrides, mode=mode)
-    run_id = start_tracking(config=cfg)
-    # the stages before the loop take no loop setting (arm, seed, train.*, epochs), so
-    # runs that differ only in those share them from the cache
+    run_id = start_tracking(config=cfg.config)
+    # the stages before the loop take no loop setting (arm, seed, rollout.*, train.*,
+    # epochs), so runs that differ only in those share them from the cache
     d = prepare_data(data=cfg.data, model=cfg.model)
     base = base_model(model=cfg.model)
     start, boot_metrics = bootstrap(model=cfg.model, bootstrap=cfg.bootstrap, base=base, train=d.train)
-    judge_prompts = judge_eval_set(model=cfg.model, eval=cfg.eval, reward=cfg.reward, rollout=cfg.rollout,
-                                   policy=start, eval_prompts=d.eval)
-    policy, history = coevolve(config=cfg, run_id=run_id, start=start, train=d.train, eval_prompts=d.eval,
+    judge_prompts = judge_eval_set(model=cfg.model, eval=cfg.eval, reward=cfg.reward, policy=start, eval_prompts=d.eval)
+    policy, history = coevolve(config=cfg.config, run_id=run_id, start=start, train=d.train, eval_prompts=d.eval,
                                judge_prompts=judge_prompts, start_metrics=boot_metrics)
     report(history=history)  # Flyte Deck: curves over epochs and per-benchmark table
-    summary = summarize_run(config=cfg, run_id=run_id, history=history, policy=policy)
+    summary = summarize_run(config=cfg.config, run_id=run_id, history=history, policy=policy)
     return SparkOutput(policy=policy, metrics=history, quarantine=d.quarantine, summary=summary)

@@ -93,9 +93,10 @@ def judge_prompts(draws: list[dict]) -> list[dict]:
 
 
 def starting_wrong_answers(cfg: SparkConfig, model_dir: str, rows: list[dict]) -> dict[str, list[str]]:
-    """The wrong final answers among JUDGE_EVAL_SAMPLES rollouts of each row, per prompt id."""
+    """The wrong final answers among JUDGE_EVAL_SAMPLES rollouts of each row, per prompt id
+    (within the evaluation's token budget: the judge set is part of the evaluation)."""
     backend = HFBackend(model_dir, cfg.model)
-    spec = SamplingSpec(n=JUDGE_EVAL_SAMPLES, temperature=1.0, max_new_tokens=cfg.rollout.max_new_tokens,
+    spec = SamplingSpec(n=JUDGE_EVAL_SAMPLES, temperature=1.0, max_new_tokens=cfg.eval.max_new_tokens,
                         seed=cfg.seed + 7)
     samples = backend.generate(rows, spec, desc="judge-set:rollout")
     answers = {r["prompt_id"]: r["answer"] for r in rows}
