@@ -16,7 +16,9 @@ Outages: MLflow's client retries a failed request 7 times with exponential backo
 minutes; MLFLOW_HTTP_REQUEST_* in the environment still win), so an unreachable server
 fails fast into the tracking tasks' own Flyte retries. Logging is idempotent per
 (metric, step): `log_metrics` skips what the run already holds and `backfill` logs the
-epochs an outage left out, so no step is ever logged twice.
+epochs an outage left out, so no step is ever logged twice. Finding what the run holds
+takes one get_run while epochs arrive in order; a metric's history is read only for a
+step below its latest one.
 
 Secrets never reach MLflow: a param, tag or metric whose key looks like a secret
 (password, token, secret, api key, credential, ...) is refused with a ValueError that
@@ -164,24 +166,38 @@ def _clean(metrics: dict) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
 
 
-def logged_steps(run_id: str, keys=None) -> dict[str, set[int]]:
-    """The steps at which the run already holds each of its metrics (or of `keys`)."""
-    client = _mlflow().MlflowClient()
-    present = set(client.get_run(run_id).data.metrics)
-    wanted = present if keys is None else present & set(keys)
-    return {k: {m.step for m in client.get_metric_history(run_id, k)} for k in sorted(wanted)}
+def _held_steps(client, run_id: str, wanted: dict[str, set[int]]) -> dict[str, set[int]]:
+    """Which of the `wanted` steps of each metric the run already holds.
+
+    One get_run gives every metric's latest step (MLflow keeps, per key, the value with
+    the highest step). A wanted step above it is missing and one equal to it is held; a
+    key's history is read only when a step below its latest is wanted, which is where an
+    outage may have left a gap (a backfill), so logging epochs in order costs one read."""
+    latest = {m.key: m.step for m in client.get_run(run_id).data.to_proto().metrics}
+    held: dict[str, set[int]] = {}
+    for key, steps in wanted.items():
+        if key not in latest:
+            held[key] = set()
+        elif min(steps) < latest[key]:
+            held[key] = {m.step for m in client.get_metric_history(run_id, key)} & steps
+        else:
+            held[key] = {latest[key]} & steps
+    return held
 
 
 def _log_missing(run_id: str, by_step: dict[int, dict[str, float]]) -> int:
     """Log each (metric, step) of `by_step` that the run does not hold yet; how many went in."""
     from mlflow.entities import Metric
 
-    keys = {k for m in by_step.values() for k in m}
-    have = logged_steps(run_id, keys)
+    client = _mlflow().MlflowClient()
+    wanted: dict[str, set[int]] = {}
+    for step, m in by_step.items():
+        for k in m:
+            wanted.setdefault(k, set()).add(step)
+    have = _held_steps(client, run_id, wanted)
     now = int(time.time() * 1000)
     batch = [Metric(k, v, now, step) for step, m in sorted(by_step.items()) for k, v in sorted(m.items())
-             if step not in have.get(k, ())]
-    client = _mlflow().MlflowClient()
+             if step not in have[k]]
     for i in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
         client.log_batch(run_id, metrics=batch[i:i + 1000])
     return len(batch)
