@@ -54,17 +54,13 @@ def retry_on_outage(what: str, fn: Callable[[], T]) -> T:
 def log_or_defer(what: str, fn: Callable[[], object]) -> bool:
     """fn() that logs metrics; on an outage, retried by Flyte while tries remain, and on the
     last one left to finish_tracking's backfill (the run goes on). Whether it logged."""
-    from spark_core import tracking
-
     try:
-        fn()
+        retry_on_outage(what, fn)
         return True
-    except Exception as e:
-        if not tracking.is_outage(e):
-            raise
+    except FlyteRecoverableException as e:  # an outage, as retry_on_outage reports it
         if not last_attempt():
-            raise FlyteRecoverableException(f"{what}: the MLflow server is unreachable ({e})") from e
-        log.warning("%s: the MLflow server is unreachable (%s); finish_tracking will log these metrics", what, e)
+            raise
+        log.warning("%s; finish_tracking will log these metrics", e)
         return False
 
 
