@@ -8,7 +8,7 @@
 #
 # Then, on the GPU box, from the checkout with .whl/ copied along:
 #   python3 -m pip install --no-index --no-deps --target "$HOME/spark-site" .whl/*.whl
-#   PYTHONPATH="$HOME/spark-site:$PWD" python3 benchmarks/gpu_smoke.py --json smoke.json
+#   PYTHONPATH="$HOME/spark-site:$PWD" python3 -m benchmarks.gpu_smoke --json smoke.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}

@@ -1,4 +1,5 @@
-"""GPU smoke of the real spark_core path, in one command: `python benchmarks/gpu_smoke.py`.
+"""GPU smoke of the real spark_core path, in one command, from the project root:
+`python -m benchmarks.gpu_smoke`.
 
 On one H100/H200 it builds a randomly initialised Qwen2.5-VL at a real width (the 3B or
 7B text config, written below; no download), with layers cut to fit a few minutes, and
@@ -37,10 +38,6 @@ import shutil
 import sys
 import tempfile
 import time
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 # Qwen2.5-VL text configs (config.json of Qwen/Qwen2.5-VL-3B-Instruct and -7B-Instruct)
 TEXT_CONFIGS = {

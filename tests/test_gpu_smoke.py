@@ -1,4 +1,4 @@
-"""The GPU smoke (benchmarks/gpu_smoke.py) at toy size on CPU: the same command a GPU runs,
+"""The GPU smoke (`python -m benchmarks.gpu_smoke`) at toy size on CPU: the same command a GPU runs,
 through the real trainer (DeepSpeed, ZeRO-1 on the one rank), HF rollouts, reward, recycling and a
 resume; and the MFU conventions it reports."""
 
@@ -24,7 +24,7 @@ def test_gpu_smoke_runs_at_toy_size(tmp_path):
            if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                CUDA_VISIBLE_DEVICES="")  # toy size even where a GPU is present
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu_smoke.py"), "--toy",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_smoke", "--toy",
                            "--workdir", str(tmp_path / "work"), "--json", str(out)],
                           capture_output=True, text=True, timeout=900, env=env, cwd=str(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -51,12 +51,9 @@ def test_gpu_smoke_runs_at_toy_size(tmp_path):
 
 
 def _smoke_module():
-    import importlib.util
+    import importlib
 
-    spec = importlib.util.spec_from_file_location("gpu_smoke", os.path.join(ROOT, "benchmarks", "gpu_smoke.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("benchmarks.gpu_smoke")
 
 
 @pytest.mark.parametrize("size, billions", [("3b", 3.75), ("7b", 8.29)])
