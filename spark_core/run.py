@@ -19,7 +19,7 @@ import tempfile
 import time
 from typing import Any
 
-from spark_core.config import SparkConfig, load_config
+from spark_core.config import PREFIX_SEED, SparkConfig, StageConfig, load_config
 from spark_core.epoch import Carry, merge, run_epochs
 
 
@@ -79,7 +79,7 @@ class LocalStages:
         m, steps = pass_metrics(phase, run_update(cfg=self.cfg, model_dir=policy, ref_dir=self.start,
                                                   prompts=prompts, scored=scored, out_dir=out, state_in=state,
                                                   state_out=state_out, phase=phase))
-        self.trace.append(("update", epoch, (phase, [s["global_step"] for s in steps])))
+        self.trace.append(("update", epoch, (phase, [s["step"] for s in steps])))
         return out, state_out, m
 
     def evaluate(self, policy: str, epoch: int) -> dict:
@@ -97,7 +97,8 @@ class LocalStages:
 
 def prepare(cfg: SparkConfig, workdir: str, start: str = "") -> dict[str, Any]:
     """The stages before the loop: data, base model, warm start, held-out judge set and
-    the starting model's evaluation (epoch 0). `start`: a warm-started checkpoint to use."""
+    the starting model's evaluation (epoch 0), with the sections and seed the workflow's
+    prefix tasks take. `start`: a warm-started checkpoint to use."""
     from spark_core.data.prepare import prepare_splits
     from spark_core.evaluate.core import evaluate
     from spark_core.evaluate.judge_set import build_judge_eval_set
@@ -106,7 +107,7 @@ def prepare(cfg: SparkConfig, workdir: str, start: str = "") -> dict[str, Any]:
     from spark_core.train.sft import run_bootstrap
 
     t0 = time.time()
-    train, eval_rows, _ = prepare_splits(cfg.data, cfg.model.max_pixels)
+    train, eval_rows, _ = prepare_splits(cfg.data)
     boot: dict = {}
     if not start:
         base = cfg.model.path if cfg.model.path not in ("", "tiny") else build_tiny(os.path.join(workdir, "base"),
@@ -114,10 +115,13 @@ def prepare(cfg: SparkConfig, workdir: str, start: str = "") -> dict[str, Any]:
         start = base
         if cfg.bootstrap.enabled:
             start = os.path.join(workdir, "start")
-            boot = run_bootstrap(cfg, base, train, start)
-    judge_rows = build_judge_eval_set(cfg, start, eval_rows)
+            boot = run_bootstrap(StageConfig("bootstrap", model=cfg.model, bootstrap=cfg.bootstrap, seed=PREFIX_SEED),
+                                 base, train, start)
+    judge_rows = build_judge_eval_set(StageConfig("judge_eval_set", model=cfg.model, eval=cfg.eval, reward=cfg.reward,
+                                                  seed=PREFIX_SEED), start, eval_rows)
     _, m0 = evaluate(cfg, HFBackend(start, cfg.model), eval_rows, judge_rows)
-    m0 = dict(m0, **boot, **{"time/prefix": time.time() - t0})
+    m0 = dict(m0, **boot)
+    print(f"prepared in {time.time() - t0:.0f}s", flush=True)
     return {"train": train, "eval": eval_rows, "judge": judge_rows, "start": start, "metrics": m0}
 
 

@@ -10,7 +10,7 @@ from flytekit.types.structured import StructuredDataset
 
 from images import light_image
 from tasks.cache_versions import stage_cache
-from spark_core.config import DataConfig, ModelConfig, RolloutConfig, StageConfig
+from spark_core.config import DataConfig, RolloutConfig, StageConfig
 from tasks.common import provenance, rows_of, to_sd
 from tasks.resources import LIGHT
 
@@ -42,12 +42,12 @@ def fetch_local(path: str) -> str:
 
 
 @task(cache=stage_cache("data"), container_image=light_image, resources=LIGHT)
-def prepare_data(data: DataConfig, model: ModelConfig) -> PreparedData:
+def prepare_data(data: DataConfig) -> PreparedData:
     from spark_core import schemas
     from spark_core.data.prepare import prepare_splits
 
-    cfg = StageConfig("data", data=data, model=model)
-    train, evalset, quarantine = prepare_splits(data, model.max_pixels, fetch_local)
+    cfg = StageConfig("data", data=data)
+    train, evalset, quarantine = prepare_splits(data, fetch_local)
     meta = provenance(cfg, "data", ("data",))
     return PreparedData(to_sd(train, schemas.PROMPTS, meta), to_sd(evalset, schemas.PROMPTS, meta),
                         to_sd(quarantine, schemas.QUARANTINE, meta))

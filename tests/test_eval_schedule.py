@@ -30,6 +30,6 @@ def test_the_stages_before_the_loop_take_no_loop_setting():
         taken[t.name] = set(config_inputs(t, SparkConfig()))
         assert taken[t.name] and not taken[t.name] & LOOP_SETTINGS, (t.name, taken[t.name])
     # what does change the data, the start or the held-out sets is taken
-    assert taken["tasks.data.prepare_data"] == {"data", "model"}
+    assert taken["tasks.data.prepare_data"] == {"data"}
     assert taken["tasks.model.bootstrap"] == {"model", "bootstrap"}
     assert taken["tasks.evaluate.judge_eval_set"] == {"model", "eval", "reward"}

@@ -248,5 +248,9 @@ def test_report_task_deck():
     from tasks.report import report
 
     hist = [{"eval/accuracy": 0.25, "eval/accuracy/alpha": 0.5}, {"eval/accuracy": 0.375, "eval/accuracy/alpha": 0.75}]
-    html = report(history=json.dumps(hist))
+    from flytekit.types.structured import StructuredDataset
+
+    from spark_core import schemas
+
+    html = report(history=StructuredDataset(dataframe=schemas.history_table(hist)))
     assert "0.750" in html and "data:image/png;base64," in html

@@ -109,7 +109,10 @@ def test_an_outage_mid_run_loses_and_duplicates_nothing(server, monkeypatch):
     client = MlflowClient(tracking_uri=server.uri)
     assert [m.step for m in client.get_metric_history(run_id, "eval/accuracy")] == [0, 2]
 
-    history = json.loads(finish_tracking.task_function(run_id=run_id, epoch_metrics=logged))
+    from spark_core import schemas
+
+    table = finish_tracking.task_function(run_id=run_id, epoch_metrics=logged).dataframe  # EPOCH_METRICS
+    history = schemas.history_rows(table)
     assert history == [_epoch(e) for e in range(3)]
     for key in _epoch(0):
         got = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))

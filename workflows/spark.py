@@ -163,7 +163,7 @@ def spark(preset: str = PRESET, epochs: int = 0, arm: str = "spark", model: str 
     run_id = start_tracking(config=cfg.config)
     # the stages before the loop take no loop setting (arm, seed, rollout.*, train.*,
     # epochs), so runs that differ only in those share them from the cache
-    d = prepare_data(data=cfg.data, model=cfg.model)
+    d = prepare_data(data=cfg.data)
     base = base_model(model=cfg.model)
     start, boot_metrics = bootstrap(model=cfg.model, bootstrap=cfg.bootstrap, base=base, train=d.train)
     judge_prompts = judge_eval_set(model=cfg.model, eval=cfg.eval, reward=cfg.reward, policy=start, eval_prompts=d.eval)

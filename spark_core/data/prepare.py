@@ -11,7 +11,7 @@ from spark_core.data.synthetic import synthetic_split
 log = logging.getLogger(__name__)
 
 
-def prepare_splits(data, max_pixels: int, fetch: Callable[[str], str] = lambda p: p
+def prepare_splits(data, fetch: Callable[[str], str] = lambda p: p
                    ) -> tuple[list[dict], list[dict], list[dict]]:
     """(train, eval, quarantine) rows. An empty path means the synthetic generator;
     `fetch` turns a path or bucket URI into a local file."""
