@@ -286,7 +286,9 @@ def run(args: argparse.Namespace) -> dict:
     from spark_core.reward.stage import score
     from spark_core.rollout.base import rollout_rows
     from spark_core.rollout.colocated import ColocatedHF
-    from spark_core.train.engine import CRASH_AFTER_STEP_ENV, GRPOTrainer, StepCheckpoints
+    from spark_core.checkpoint import Checkpoints
+    from spark_core.train.callbacks import CrashAfterStep
+    from spark_core.train.engine import GRPOTrainer
 
     work = args.workdir or tempfile.mkdtemp(prefix="spark-smoke-")
     os.makedirs(work, exist_ok=True)
@@ -408,18 +410,19 @@ def run(args: argparse.Namespace) -> dict:
     resume_prompts, resume_rows, phase = recycled, rec_scored, "recycled"
     if len(rec_scored) < 2 * train_batch:  # too few recycled samples for two steps: retrain the policy rows
         resume_prompts, resume_rows, phase = prompts, scored, "policy-again"
-    checkpoints = StepCheckpoints(local_dir=os.path.join(work, "resume"), every=1)
+    checkpoints = Checkpoints(local_dir=os.path.join(work, "resume"), every=1)
     start = trainer.global_step
-    os.environ[CRASH_AFTER_STEP_ENV] = "1"
+    crash = CrashAfterStep(1, label="gpu_smoke")
+    trainer.callbacks.append(crash)
     crashed = False
     try:
         trainer.train_pass(resume_prompts, resume_rows, phase, checkpoints=checkpoints)
     except RuntimeError as e:
-        crashed = CRASH_AFTER_STEP_ENV in str(e)
+        crashed = "gpu_smoke: simulated crash" in str(e)
         if not crashed:
             raise
     finally:
-        os.environ.pop(CRASH_AFTER_STEP_ENV, None)
+        trainer.callbacks.remove(crash)
     trainer.global_step = start  # a retry starts the pass again from the same step; it finds the checkpoint
     m2 = trainer.train_pass(resume_prompts, resume_rows, phase, checkpoints=checkpoints)
     res["resume"] = {"phase": phase, "crashed_after_step": 1 if crashed else None,

@@ -22,10 +22,8 @@ broadcast, so all ranks train on the same rows.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -34,6 +32,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from spark_core import schemas
+from spark_core.checkpoint import Checkpoints, Pointer, Ranks, ResumeSlots
 from spark_core.config import SparkConfig
 from spark_core.epoch import Carry, run_epochs
 from spark_core.segment_stages import SegmentStages
@@ -42,6 +41,7 @@ log = logging.getLogger(__name__)
 
 CRASH_AFTER_EPOCH_ENV = "SPARK_FAULT_CRASH_SEGMENT_AFTER_EPOCH"  # test hook: fail once this many epochs are done
 PROGRESS_FILE = "spark_segment.json"
+PROGRESS = Pointer(PROGRESS_FILE, key="key", count="done")  # the slot's payload sits at its top
 # artifact name -> schema of its rows (each row also carries its epoch)
 ARTIFACTS = {"rollouts": schemas.ROLLOUTS, "scored": schemas.SCORED_ROLLOUTS, "recycled": schemas.PROMPTS,
              "eval": schemas.EVAL_RESULTS, "steps": schemas.TRAIN_STEPS}
@@ -50,20 +50,6 @@ ARTIFACTS = {"rollouts": schemas.ROLLOUTS, "scored": schemas.SCORED_ROLLOUTS, "r
 def with_epoch(schema: pa.Schema) -> pa.Schema:
     """A stage schema plus the epoch of each row (segment outputs hold several epochs)."""
     return pa.schema(list(schema) + [("epoch", pa.int32())], metadata=schema.metadata)
-
-
-@dataclass
-class SegmentCheckpoints:
-    """Where a segment keeps its resume slots and how they outlive the pod.
-
-    local_dir: a directory of this pod (or on the shared volume) for the live slots.
-    restore: fetch the last published checkpoint into an empty directory; True if any.
-    publish: make a finished slot durable (a directory's contents land at the top).
-    """
-
-    local_dir: str
-    restore: Callable[[str], bool] | None = None
-    publish: Callable[[str], None] | None = None
 
 
 @dataclass
@@ -156,63 +142,28 @@ def _read_rows(path: str, schema: pa.Schema) -> list[dict]:
     return schemas.conform(pq.read_table(path), schema).to_pylist()
 
 
-def _save_slot(ck: SegmentCheckpoints, trainer, key: str, done: int, queue: list[dict],
+def _slots(ck: Checkpoints, key: str) -> ResumeSlots:
+    """The segment's slots; rank 0 keeps the files and its choice holds for every rank."""
+    return ResumeSlots(ck, key, PROGRESS, Ranks(rank=_rank(), local_rank=_rank(), barrier=_barrier, agree=_bcast))
+
+
+def _save_slot(ck: Checkpoints, trainer, key: str, done: int, queue: list[dict],
                artifacts: dict[str, list[dict]], metrics: list[dict]) -> None:
-    """Trainer state on every rank, then rows and progress on rank 0; published last."""
-    slot = os.path.join(ck.local_dir, "slot-" + ("a" if done % 2 else "b"))
-    if _rank() == 0:
-        shutil.rmtree(slot, ignore_errors=True)
-        os.makedirs(slot)
-    _barrier()
-    trainer.save_state(os.path.join(slot, "state"))
-    if _rank() == 0:
-        for name, schema in ARTIFACTS.items():
-            _write_rows(os.path.join(slot, f"{name}.parquet"), artifacts[name], with_epoch(schema))
-        _write_rows(os.path.join(slot, "queue.parquet"), queue, schemas.PROMPTS)
-        with open(os.path.join(slot, PROGRESS_FILE + ".tmp"), "w") as f:
-            json.dump({"key": key, "done": done, "metrics": metrics}, f)
-        os.replace(os.path.join(slot, PROGRESS_FILE + ".tmp"), os.path.join(slot, PROGRESS_FILE))
-        if ck.publish is not None:
-            ck.publish(slot)
-    _barrier()
+    """Trainer state on every rank, the rows on rank 0; the progress pointer last."""
+    def write(slot: str, _tag: str) -> None:
+        trainer.save_state(os.path.join(slot, "state"))
+        if _rank() == 0:
+            for name, schema in ARTIFACTS.items():
+                _write_rows(os.path.join(slot, f"{name}.parquet"), artifacts[name], with_epoch(schema))
+            _write_rows(os.path.join(slot, "queue.parquet"), queue, schemas.PROMPTS)
+
+    _slots(ck, key).save(done, write, {"metrics": metrics})
 
 
-def _load_slot(root: str, key: str) -> dict | None:
-    path = os.path.join(root, PROGRESS_FILE)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            progress = json.load(f)
-    except (OSError, ValueError) as e:
-        log.warning("ignoring an unreadable segment checkpoint %s: %s", path, e)
-        return None
-    if progress.get("key") != key:
-        log.info("segment checkpoint in %s belongs to other inputs; not resuming from it", root)
-        return None
-    return dict(progress, root=root)
-
-
-def find_resume(ck: SegmentCheckpoints | None, key: str) -> dict | None:
+def find_resume(ck: Checkpoints | None, key: str) -> dict | None:
     """The newest saved slot of this segment (same key), from the last attempt's
     published checkpoint or from a live slot in local_dir; None to start afresh."""
-    if ck is None:
-        return None
-    best = None
-    if _rank() == 0:
-        roots = [os.path.join(ck.local_dir, s) for s in ("slot-a", "slot-b")]
-        if ck.restore is not None:
-            restored = os.path.join(ck.local_dir, "restored")
-            shutil.rmtree(restored, ignore_errors=True)
-            os.makedirs(restored)
-            try:
-                if ck.restore(restored):
-                    roots.append(restored)
-            except Exception as e:  # noqa: BLE001 - a lost checkpoint means starting over, not failing
-                log.warning("could not restore the segment checkpoint (%s); starting the segment over", e)
-        found = [p for p in (_load_slot(r, key) for r in roots) if p is not None]
-        best = max(found, key=lambda p: p["done"]) if found else None
-    return _bcast(best)
+    return _slots(ck, key).find() if ck is not None else None
 
 
 # ---------------------------------------------------------------- the loop
@@ -221,7 +172,7 @@ def find_resume(ck: SegmentCheckpoints | None, key: str) -> dict | None:
 def run_segment(cfg: SparkConfig, *, make_trainer: Callable[[str | None], Any], make_engine: Callable[[Any], Any],
                 train: list[dict], eval_prompts: list[dict], judge_prompts: list[dict], queue: list[dict],
                 first_epoch: int, n_epochs: int, state_in: str | None, key: str,
-                checkpoints: SegmentCheckpoints | None = None, desc: str = "segment") -> tuple[SegmentResult, Any]:
+                checkpoints: Checkpoints | None = None, desc: str = "segment") -> tuple[SegmentResult, Any]:
     """Run epochs first_epoch .. first_epoch + n_epochs - 1 (spark_core.epoch). Returns
     the result (the same on every rank) and the live trainer, for the caller to save."""
     t_start = time.time()
@@ -233,12 +184,12 @@ def run_segment(cfg: SparkConfig, *, make_trainer: Callable[[str | None], Any], 
         done = int(resume["done"])
         metrics = list(resume["metrics"])
         if _rank() == 0:
-            artifacts = {n: _read_rows(os.path.join(resume["root"], f"{n}.parquet"), with_epoch(s))
+            artifacts = {n: _read_rows(os.path.join(resume["load_dir"], f"{n}.parquet"), with_epoch(s))
                          for n, s in ARTIFACTS.items()}
-            queue = _read_rows(os.path.join(resume["root"], "queue.parquet"), schemas.PROMPTS)
+            queue = _read_rows(os.path.join(resume["load_dir"], "queue.parquet"), schemas.PROMPTS)
         artifacts, queue = _bcast((artifacts, queue))
         log.warning("%s: resuming after %d finished epochs (at epoch %d)", desc, done, first_epoch + done)
-    trainer = make_trainer(os.path.join(resume["root"], "state") if resume is not None else state_in)
+    trainer = make_trainer(os.path.join(resume["load_dir"], "state") if resume is not None else state_in)
     engine = make_engine(trainer)
     ops = SegmentStages(cfg, trainer=trainer, engine=engine, gen=SplitGenerate(engine, cfg.rollout.tensor_parallel_size),
                         train=train, eval_prompts=eval_prompts, judge_prompts=judge_prompts, artifacts=artifacts,
@@ -260,8 +211,7 @@ def run_segment(cfg: SparkConfig, *, make_trainer: Callable[[str | None], Any], 
     return result, trainer
 
 
-def clear_checkpoints(ck: SegmentCheckpoints | None) -> None:
-    """A finished segment's resume slots are not needed any more (rank 0)."""
-    if ck is not None and _rank() == 0:
-        for sub in ("slot-a", "slot-b", "restored"):
-            shutil.rmtree(os.path.join(ck.local_dir, sub), ignore_errors=True)
+def clear_checkpoints(ck: Checkpoints | None) -> None:
+    """A finished segment's resume slots are not needed any more (every rank calls it)."""
+    if ck is not None:
+        _slots(ck, "").clear()

@@ -15,7 +15,6 @@ checkpoint. Either way a retry of the task resumes after the last finished epoch
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -27,9 +26,10 @@ from flytekit.types.structured import StructuredDataset
 
 from images import segment_image
 from tasks.cache_versions import stage_cache
+from tasks.checkpoints import segment_checkpoints, segment_key, state_root
 from spark_core.config import SparkConfig
-from tasks.common import Checkpoint, dir_digest, provenance, rows_of, to_sd
-from tasks.resources import (CLUSTER, PRESET, SEGMENT, SEGMENT_ACCELERATOR, STATE_DIR_ENV, STATE_ENV,
+from tasks.common import Checkpoint, provenance, rows_of, to_sd
+from tasks.resources import (CLUSTER, PRESET, SEGMENT, SEGMENT_ACCELERATOR, STATE_ENV,
                              STATE_POD_TEMPLATE)
 from tasks.update import elastic_config
 
@@ -46,40 +46,6 @@ class SegmentOutput(NamedTuple):
     metrics: str  # JSON list: one merged metrics dict per epoch
 
 
-def _identity(d: Optional[FlyteDirectory]) -> str:
-    """A stable name for an input directory: its content hash when small and local
-    (so a rerun of the same inputs finds its resume slots), else its URI."""
-    if d is None:
-        return ""
-    path = str(d.path)
-    if os.path.isdir(path) and sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs) < 2**30:
-        return dir_digest(d)
-    return str(getattr(d, "remote_source", None) or path)
-
-
-def _state_root() -> str | None:
-    root = os.environ.get(STATE_DIR_ENV, "")
-    return root if root and os.path.isdir(root) else None
-
-
-def segment_checkpoints(key: str):
-    """Resume slots on the state volume when mounted (any node sees them); otherwise
-    in the pod's temp dir, published through Flyte's intra-task checkpoint."""
-    from flytekit import current_context
-
-    from spark_core.segment import SegmentCheckpoints
-
-    root = _state_root()
-    if root is not None:
-        return SegmentCheckpoints(os.path.join(root, "resume", key))
-    local = os.path.join(tempfile.gettempdir(), "spark-segment", key)
-    try:
-        cp = current_context().checkpoint
-    except NotImplementedError:  # no intra-task checkpoints here: restarts in this pod only
-        return SegmentCheckpoints(local)
-    return SegmentCheckpoints(local, restore=lambda d: cp.restore(d) is not None, publish=cp.save)
-
-
 @task(task_config=elastic_config(CLUSTER.segment.nnodes, CLUSTER.segment.nproc_per_node),
       cache=stage_cache("segment"), container_image=segment_image,
       resources=SEGMENT, accelerator=SEGMENT_ACCELERATOR, shared_memory=True, retries=2,
@@ -94,18 +60,18 @@ def run_segment(config: SparkConfig, policy: Checkpoint, ref: Checkpoint, state:
     from spark_core import schemas
     from spark_core import segment as seg
     from spark_core.rollout.colocated import make_colocated
+    from spark_core.train.callbacks import faults_from_env
     from spark_core.train.engine import GRPOTrainer
 
     cfg = config
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, int(os.environ.get("WORLD_SIZE", "1")))))
     policy_dir, ref_dir = policy.download(), ref.download()
-    key = hashlib.sha256(json.dumps([cfg.to_json(), first_epoch, n_epochs, _identity(policy), _identity(state),
-                                     _identity(ref)]).encode()).hexdigest()[:24]
     queue_rows = rows_of(queue, schemas.PROMPTS) if queue is not None else []
-    key = hashlib.sha256((key + "".join(r["prompt_id"] for r in queue_rows)).encode()).hexdigest()[:24]
+    key = segment_key(cfg.to_json(), first_epoch, n_epochs, policy, state, ref, queue_rows)
     ck = segment_checkpoints(key)
     result, trainer = seg.run_segment(
-        cfg, make_trainer=lambda state_in: GRPOTrainer(cfg, policy_dir, ref_dir, state_in=state_in),
+        cfg, make_trainer=lambda state_in: GRPOTrainer(cfg, policy_dir, ref_dir, state_in=state_in,
+                                                       callbacks=faults_from_env()),
         make_engine=lambda tr: make_colocated(cfg, tr, policy_dir),
         train=rows_of(train, schemas.PROMPTS), eval_prompts=rows_of(eval_prompts, schemas.PROMPTS),
         judge_prompts=rows_of(judge_prompts, schemas.PROMPTS), queue=queue_rows, first_epoch=first_epoch,
@@ -115,7 +81,7 @@ def run_segment(config: SparkConfig, policy: Checkpoint, ref: Checkpoint, state:
     from flytekit import current_context
 
     out_dir = os.path.join(current_context().working_directory, "policy")
-    root = _state_root()
+    root = state_root()
     state_dir = os.path.join(root, "state", key) if root else os.path.join(tempfile.gettempdir(), "spark-state", key)
     trainer.save_hf(out_dir)
     trainer.save_state(state_dir)

@@ -8,10 +8,8 @@ one instead of starting the pass over.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from typing import NamedTuple, Optional
 
 from flytekit import task
@@ -21,6 +19,7 @@ from flytekitplugins.kfpytorch import Elastic
 
 from images import trainer_image
 from tasks.cache_versions import stage_cache
+from tasks.checkpoints import node_dir, step_checkpoints
 from spark_core.config import ClusterConfig, ModelConfig, RecycleConfig, RolloutConfig, StageConfig, TrainConfig
 from tasks.common import Checkpoint, rows_of, to_sd
 from tasks.resources import CLUSTER, PRESET, UPDATE, UPDATE_ACCELERATOR
@@ -36,33 +35,6 @@ class UpdateOutput(NamedTuple):
     state: FlyteDirectory
     metrics: str
     steps: StructuredDataset
-
-
-def _node_dir(kind: str, phase: str, *inputs: str) -> str:
-    """A directory every rank on this node agrees on (each Elastic worker has its own
-    working directory, but the optimizer state must hold all ranks' shards)."""
-    from flytekit import current_context
-
-    ctx = current_context()
-    key = hashlib.sha256("|".join((str(ctx.raw_output_prefix), phase) + inputs).encode()).hexdigest()[:16]
-    return os.path.join(tempfile.gettempdir(), kind, key)
-
-
-def step_checkpoints(phase: str, *inputs: str):
-    """Resume checkpoints of this update: a node-local directory shared by the ranks of
-    this attempt (and by workers the Elastic agent restarts), published with Flyte's
-    intra-task checkpoint so that the next attempt of the task can restore it."""
-    from flytekit import current_context
-
-    from spark_core.train.engine import StepCheckpoints
-
-    ctx = current_context()
-    local = _node_dir("spark-resume", phase, *inputs)
-    try:
-        cp = ctx.checkpoint
-    except NotImplementedError:  # a platform without intra-task checkpoints: in-pod restarts only
-        return StepCheckpoints(local)
-    return StepCheckpoints(local, restore=lambda d: cp.restore(d) is not None, publish=cp.save)
 
 
 def elastic_config(nnodes: int = 1, nproc_per_node: int = 1) -> Elastic:
@@ -97,7 +69,7 @@ def update_policy(model: ModelConfig, train: TrainConfig, rollout: RolloutConfig
     base = current_context().working_directory
     out_dir = os.path.join(base, "policy")
     inputs = (str(policy.path), str(state.path) if state is not None else "")
-    state_dir = _node_dir("spark-train-state", phase, *inputs)
+    state_dir = node_dir("spark-train-state", phase, *inputs)
     os.makedirs(state_dir, exist_ok=True)
     if not rows:  # nothing recycled this epoch: the policy carries over unchanged
         return UpdateOutput(policy, state or FlyteDirectory(state_dir), json.dumps({f"{phase}/steps": 0}),

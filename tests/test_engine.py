@@ -14,7 +14,8 @@ from spark_core.data import generate
 from spark_core.model.loading import load_model
 from spark_core.rollout.base import SamplingSpec
 from spark_core.rollout.hf import HFBackend
-from spark_core.train.engine import FAULT_ENV, GRAD_FAULT_ENV, STATE_FILE, TrainingDiverged, run_update
+from spark_core.train.callbacks import FAULT_ENV, GRAD_FAULT_ENV
+from spark_core.train.engine import STATE_FILE, TrainingDiverged, run_update
 
 
 @pytest.fixture(scope="module")

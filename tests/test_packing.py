@@ -164,7 +164,9 @@ def test_token_budget_and_packing_keep_the_step_gradient(tiny_dir, rollouts):
 def test_a_token_budget_pass_resumes_to_the_same_weights(tiny_dir, rollouts, tmp_path, monkeypatch):
     """Crash after step 1 of 2 and resume in the same pod: the plan is rebuilt the same,
     so the resumed pass ends with the uninterrupted pass's weights, bit for bit."""
-    from spark_core.train.engine import CRASH_AFTER_STEP_ENV, StepCheckpoints, run_update
+    from spark_core.checkpoint import Checkpoints
+    from spark_core.train.callbacks import CRASH_AFTER_STEP_ENV
+    from spark_core.train.engine import run_update
     from tests.helpers import safetensors_weights
 
     rows, scored = rollouts
@@ -180,9 +182,9 @@ def test_a_token_budget_pass_resumes_to_the_same_weights(tiny_dir, rollouts, tmp
     full = update("full")
     monkeypatch.setenv(CRASH_AFTER_STEP_ENV, "1")
     with pytest.raises(RuntimeError, match="simulated crash"):
-        update("crashed", StepCheckpoints(str(tmp_path / "pod"), every=1))
+        update("crashed", Checkpoints(str(tmp_path / "pod"), every=1))
     monkeypatch.delenv(CRASH_AFTER_STEP_ENV)
-    resumed = update("resumed", StepCheckpoints(str(tmp_path / "pod"), every=1))
+    resumed = update("resumed", Checkpoints(str(tmp_path / "pod"), every=1))
     assert full["steps"] == resumed["steps"] == 2 and resumed["resumed_steps"] == 1
     w_full = safetensors_weights(str(tmp_path / "full" / "out"))
     w_resumed = safetensors_weights(str(tmp_path / "resumed" / "out"))

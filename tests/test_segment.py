@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from spark_core import schemas
+from spark_core.checkpoint import Checkpoints
 from spark_core.config import SparkConfig
 from spark_core.data import generate
-from spark_core.segment import ARTIFACTS, CRASH_AFTER_EPOCH_ENV, SegmentCheckpoints, run_segment, with_epoch
+from spark_core.segment import ARTIFACTS, CRASH_AFTER_EPOCH_ENV, run_segment, with_epoch
 
 pytestmark = pytest.mark.slow  # three 2-epoch segments of the tiny model: ~2-4 min on 2 cores
 
@@ -42,7 +43,7 @@ def test_segment_metrics_artifacts_and_resume(tiny_dir, tmp_path, monkeypatch):
     train, evals = generate(8, seed=1, id_prefix="train"), generate(2, seed=2, id_prefix="eval")
     judge = []
 
-    full, tr_full = _segment(cfg, tiny_dir, train, evals, judge, SegmentCheckpoints(str(tmp_path / "a")))
+    full, tr_full = _segment(cfg, tiny_dir, train, evals, judge, Checkpoints(str(tmp_path / "a")))
     assert full.resumed_epochs == 0 and len(full.epoch_metrics) == 2
     for m in full.epoch_metrics:  # the keys the fine-grained epoch logs (tests/test_workflow_e2e.py)
         for key in ("policy/reward_mean", "policy/samples", "policy/loss", "policy/kl", "time/update_policy",
@@ -70,7 +71,7 @@ def test_segment_metrics_artifacts_and_resume(tiny_dir, tmp_path, monkeypatch):
 
     monkeypatch.setenv(CRASH_AFTER_EPOCH_ENV, "1")
     with pytest.raises(RuntimeError, match="simulated crash after epoch 1"):
-        _segment(cfg, tiny_dir, train, evals, judge, SegmentCheckpoints(str(tmp_path / "pod1"), publish=publish))
+        _segment(cfg, tiny_dir, train, evals, judge, Checkpoints(str(tmp_path / "pod1"), publish=publish))
     monkeypatch.delenv(CRASH_AFTER_EPOCH_ENV)
     assert (published / "spark_segment.json").exists() and (published / "state").is_dir()
 
@@ -81,7 +82,7 @@ def test_segment_metrics_artifacts_and_resume(tiny_dir, tmp_path, monkeypatch):
         return True
 
     resumed, tr_res = _segment(cfg, tiny_dir, train, evals, judge,
-                               SegmentCheckpoints(str(tmp_path / "pod2"), restore=restore))  # a fresh pod
+                               Checkpoints(str(tmp_path / "pod2"), restore=restore))  # a fresh pod
     assert resumed.resumed_epochs == 1
     assert [sorted(m) for m in resumed.epoch_metrics] == [sorted(m) for m in full.epoch_metrics]
     # epoch 0 comes from the checkpoint, epoch 1 is recomputed from the restored state: same rollouts
@@ -97,6 +98,6 @@ def test_segment_metrics_artifacts_and_resume(tiny_dir, tmp_path, monkeypatch):
         assert torch.allclose(w_full[k], w_res[k], atol=1e-6), k
 
     # a checkpoint of other inputs is never resumed
-    other, _ = _segment(cfg, tiny_dir, train, evals, judge, SegmentCheckpoints(str(tmp_path / "pod3"), restore=restore),
+    other, _ = _segment(cfg, tiny_dir, train, evals, judge, Checkpoints(str(tmp_path / "pod3"), restore=restore),
                         key="k2")
     assert other.resumed_epochs == 0

@@ -17,7 +17,7 @@ def _with_checkpoint(cp):
 
 
 def test_slots_travel_through_flyte_checkpoints(tmp_path, monkeypatch):
-    from tasks.segment import segment_checkpoints
+    from tasks.checkpoints import segment_checkpoints
 
     monkeypatch.delenv("SPARK_STATE_DIR", raising=False)
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "pod1"))
@@ -42,7 +42,7 @@ def test_slots_travel_through_flyte_checkpoints(tmp_path, monkeypatch):
 
 
 def test_slots_live_on_the_state_volume(tmp_path, monkeypatch):
-    from tasks.segment import segment_checkpoints
+    from tasks.checkpoints import segment_checkpoints
 
     monkeypatch.setenv("SPARK_STATE_DIR", str(tmp_path))
     ck = segment_checkpoints("key2")

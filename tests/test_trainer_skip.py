@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from spark_core.config import SparkConfig
-from spark_core.train.engine import FAULT_ENV, GRAD_FAULT_ENV, GRPOTrainer
+from spark_core.train.callbacks import FAULT_ENV, GRAD_FAULT_ENV, faults_from_env
+from spark_core.train.engine import GRPOTrainer
 from tests.helpers import scored_rollouts
 
 
@@ -37,7 +38,7 @@ def test_skipped_step_leaves_optimizer_state_untouched(tiny_dir, rollouts, monke
     cfg = SparkConfig()
     cfg.train.train_batch_size = cfg.train.micro_batch_size = 4
     cfg.train.lr = 1e-3
-    trainer = GRPOTrainer(cfg, tiny_dir, tiny_dir)
+    trainer = GRPOTrainer(cfg, tiny_dir, tiny_dir, callbacks=faults_from_env())
     good = trainer.train_pass(rows, scored, "policy")  # global step 0: Adam's state exists afterwards
     assert good["skipped_steps"] == 0
     before = _optimizer_state(trainer)

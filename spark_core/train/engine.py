@@ -8,44 +8,46 @@ continues the same optimizer and schedule), and per-step metrics. docs/cluster.m
 ("Trainer numerics") says how pi_old, the loss normalisation, the batch plan, ZeRO-3,
 precision and skipped steps are handled.
 
-Resume: with `checkpoints` (StepCheckpoints), the engine saves its whole state every
-few optimizer steps and, when it starts, continues from the newest checkpoint of the
-same pass (same rollouts, same starting step) instead of redoing finished steps. The
-step plan depends only on the seed and the starting step, so skipping by step index
+Resume: with `checkpoints` (spark_core.checkpoint), the engine saves its whole state
+every few optimizer steps and, when it starts, continues from the newest checkpoint of
+the same pass (same rollouts, same starting step) instead of redoing finished steps.
+The step plan depends only on the seed and the starting step, so skipping by step index
 gives the same result as an uninterrupted pass.
+
+The learning rate comes from GRPOSchedule (spark_core/train/schedule.py); faults are
+injected through callbacks (spark_core/train/callbacks.py).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
 import random
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
+from spark_core.checkpoint import Checkpoints, Pointer, Ranks, ResumeSlots, checkpoint_key, load_rng_state, \
+    save_rng_state
 from spark_core.config import SparkConfig, total_optimizer_steps, validate_train_batch
 from spark_core.memory_budget import effective_zero_stage
 from spark_core.model.loading import load_model, load_processor, save_checkpoint, save_processor
 from spark_core.model.logprobs import ResponseLogprobs, build_batch
 from spark_core.train import collectives as comm
-from spark_core.train.grpo import grpo_loss, group_advantages, lr_at
+from spark_core.train.callbacks import StepEnd, TrainerCallback, faults_from_env
+from spark_core.train.grpo import grpo_loss, group_advantages
+from spark_core.train.schedule import GRPOSchedule
 
 STATE_FILE = "spark_trainer_state.json"
-FAULT_ENV = "SPARK_FAULT_NAN_STEPS"  # test hook: comma-separated global steps whose loss is forced to NaN
-GRAD_FAULT_ENV = "SPARK_FAULT_NAN_GRAD_STEPS"  # test hook: steps whose loss is finite but whose gradient is NaN
-CHECKPOINT_EVERY_ENV = "SPARK_CHECKPOINT_EVERY"  # optimizer steps between resume checkpoints (0 = none)
-CRASH_AFTER_STEP_ENV = "SPARK_FAULT_CRASH_AFTER_STEP"  # test hook: crash after this step of the pass (1-based)
 RESUME_FILE = "spark_resume.json"
+# a pass's resume pointer; the DeepSpeed checkpoint of a slot sits under its tag
+RESUME_POINTER = Pointer(RESUME_FILE, key="pass_key", count="steps_done", tag="tag")
 
 log = logging.getLogger(__name__)
 
@@ -60,30 +62,6 @@ class DistInfo:
     world: int
     local_rank: int
     device: str
-
-
-def _checkpoint_every() -> int:
-    return int(os.environ.get(CHECKPOINT_EVERY_ENV, "1") or "1")
-
-
-@dataclass
-class StepCheckpoints:
-    """Where and how often a pass saves resume checkpoints, and how they outlive the process.
-
-    local_dir: a directory with the same path on every rank of a node; the newest
-        checkpoint is kept under it (so a restart in the same pod resumes from it).
-    every: optimizer steps between checkpoints (env SPARK_CHECKPOINT_EVERY, default 1; 0 = off).
-    restore: fetch the last published checkpoint into the given (empty) directory;
-        True if there was one. Called on local rank 0 of each node before training.
-    publish: make a local file or directory durable (e.g. Flyte's intra-task checkpoint).
-        A directory's contents land at the top of the published tree, a file next to
-        them; calls are ordered, and the state file goes last, after its weights.
-    """
-
-    local_dir: str
-    every: int = field(default_factory=_checkpoint_every)
-    restore: Callable[[str], bool] | None = None
-    publish: Callable[[str], None] | None = None
 
 
 def deepspeed_arch_list(value: str) -> str:
@@ -193,103 +171,6 @@ def _read_state(state_dir: str | None) -> dict:
     return {"global_step": 0}
 
 
-def _pass_key(phase: str, start_step: int, scored: list[dict], world: int, ppo_epochs: int) -> str:
-    """Identity of one update pass: a checkpoint is only resumed by the same pass."""
-    h = hashlib.sha256(json.dumps([phase, start_step, world, ppo_epochs]).encode())
-    for s in scored:
-        h.update(json.dumps([s["prompt_id"], list(s["response_token_ids"]), float(s["reward"])]).encode())
-    return h.hexdigest()[:32]
-
-
-def _slot_dir(root: str, tag: str) -> str | None:
-    """The DeepSpeed load_dir holding `tag`: published trees have it at the top, the live
-    local tree one level down (live/<slot>/<tag>)."""
-    for d in (root, os.path.join(root, tag.replace("slot-", ""))):
-        if os.path.isdir(os.path.join(d, tag)):
-            return d
-    return None
-
-
-def _read_resume(root: str, key: str) -> dict | None:
-    path = os.path.join(root, RESUME_FILE)
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path) as f:
-            st = json.load(f)
-    except (OSError, ValueError) as e:
-        log.warning("ignoring unreadable resume state %s: %s", path, e)
-        return None
-    if st.get("pass_key") != key:
-        log.info("resume state in %s belongs to another pass; not resuming from it", root)
-        return None
-    load_dir = _slot_dir(root, st.get("tag", ""))
-    if load_dir is None:
-        log.warning("resume state in %s names checkpoint %r, which is missing", root, st.get("tag"))
-        return None
-    return dict(st, load_dir=load_dir)
-
-
-def _find_resume(ck: StepCheckpoints, dist: DistInfo, key: str) -> dict | None:
-    """The newest checkpoint of this pass, from the last attempt (restore) or from an
-    earlier worker in this pod (local_dir/live); the same on every rank, or none."""
-    live, restored = os.path.join(ck.local_dir, "live"), os.path.join(ck.local_dir, "restored")
-    if dist.local_rank == 0:
-        os.makedirs(live, exist_ok=True)
-        if ck.restore is not None:
-            shutil.rmtree(restored, ignore_errors=True)
-            os.makedirs(restored)
-            try:
-                if not ck.restore(restored):
-                    shutil.rmtree(restored, ignore_errors=True)
-            except Exception as e:  # noqa: BLE001 - a lost checkpoint means starting over, not failing
-                log.warning("could not restore the previous checkpoint (%s); starting the pass from its beginning", e)
-                shutil.rmtree(restored, ignore_errors=True)
-    comm.barrier()
-    found = [st for st in (_read_resume(r, key) for r in (restored, live)) if st is not None]
-    best = max(found, key=lambda st: st["steps_done"]) if found else None
-    n = best["steps_done"] if best else 0
-    lo, neg_hi = comm.all_reduce_values([n, -n], op=comm.ReduceOp.MIN)
-    if int(lo) != -int(neg_hi):
-        log.warning("ranks found different resume checkpoints (steps %d..%d); starting the pass over",
-                    int(lo), -int(neg_hi))
-        return None
-    return best
-
-
-def _save_resume(ck: StepCheckpoints, dist: DistInfo, engine, state: dict) -> None:
-    """Save the engine (all ranks) and the pass state; publish weights first, state last.
-
-    Checkpoints alternate between two slots, so the one the state file names is never
-    the one being overwritten."""
-    slot = "a" if (state["steps_done"] // max(1, ck.every)) % 2 else "b"
-    tag = f"slot-{slot}"
-    live = os.path.join(ck.local_dir, "live")
-    slot_root = os.path.join(live, slot)
-    if dist.local_rank == 0:
-        shutil.rmtree(slot_root, ignore_errors=True)
-        os.makedirs(slot_root)
-    comm.barrier()
-    engine.save_checkpoint(slot_root, tag=tag, save_latest=False,
-                           client_state={"spark_steps_done": state["steps_done"]})
-    rng = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state()
-    torch.save(rng, os.path.join(slot_root, tag, f"rng_rank{dist.rank}.pt"))
-    comm.barrier()
-    if dist.local_rank == 0 and ck.publish is not None:
-        ck.publish(slot_root)
-    comm.barrier()
-    if dist.local_rank == 0:
-        path = os.path.join(live, RESUME_FILE)
-        with open(path + ".tmp", "w") as f:
-            json.dump(dict(state, tag=tag), f)
-        os.replace(path + ".tmp", path)
-        if dist.rank == 0 and ck.publish is not None:
-            ck.publish(path)
-    comm.barrier()
-
-
 def _rollout_logprobs(row: dict, required: bool) -> list[float] | None:
     """The rollout engine's per-token log-probs of a scored row (None when it has none)."""
     lp = row.get("old_logprobs")
@@ -362,6 +243,42 @@ def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
     return visual
 
 
+@dataclass
+class PassPlan:
+    """What one pass trains on, fixed before its first step."""
+
+    phase: str
+    scored: list[dict]
+    by_id: dict[str, dict]  # prompt_id -> prompt row
+    adv: list[float]  # group advantage of each scored row
+    order: list[int]  # scored rows, shuffled by the seed and the starting step
+    steps: list[list[list[int]]]  # per optimizer step and rank: micro-batches of positions in `order`
+    n_steps: int  # optimizer steps of the pass (len(steps) x ppo_epochs)
+    key: str  # identity of the pass: only the same pass resumes its checkpoints
+
+
+@dataclass
+class PassProgress:
+    """How far a pass got; what its resume pointer records."""
+
+    done: int  # optimizer steps of this pass taken (by an earlier attempt included)
+    global_step: int
+    steps_log: list[dict] = field(default_factory=list)
+    bad_run: int = 0  # consecutive non-finite steps
+    resumed: int = 0  # steps restored from a checkpoint instead of recomputed
+
+
+def _on_all_ranks(found: dict | None) -> dict | None:
+    """The resume checkpoint when every rank found the same one, else none (start the pass over)."""
+    n = found["steps_done"] if found else 0
+    lo, neg_hi = comm.all_reduce_values([n, -n], op=comm.ReduceOp.MIN)
+    if int(lo) != -int(neg_hi):
+        log.warning("ranks found different resume checkpoints (steps %d..%d); starting the pass over",
+                    int(lo), -int(neg_hi))
+        return None
+    return found
+
+
 class GRPOTrainer:
     """A DeepSpeed GRPO trainer that stays alive across passes (one per rank).
 
@@ -369,10 +286,11 @@ class GRPOTrainer:
     wraps the policy in a DeepSpeed engine and loads the optimizer state and global
     step of `state_in`. `train_pass` runs one GRPO pass; `save_hf` and `save_state`
     write the consolidated Hugging Face checkpoint and the DeepSpeed state.
+    `callbacks` (TrainerCallback) see every pass, e.g. the faults a test injects.
     """
 
     def __init__(self, cfg: SparkConfig, model_dir: str, ref_dir: str, state_in: str | None = None,
-                 total_steps: int | None = None):
+                 total_steps: int | None = None, callbacks: list[TrainerCallback] | None = None):
         import deepspeed
 
         self.cfg = cfg
@@ -413,6 +331,9 @@ class GRPOTrainer:
         if state_in and os.path.isdir(os.path.join(state_in, "ds")):
             self.engine.load_checkpoint(os.path.join(state_in, "ds"), load_module_strict=True,
                                         load_optimizer_states=True, load_lr_scheduler_states=False)
+        # on the torch optimizer inside DeepSpeed's wrapper, whose step reads its lr
+        self.schedule = GRPOSchedule(self.engine.basic_optimizer, cfg.train, self.total_steps, self.global_step)
+        self.callbacks = list(callbacks or [])
 
     @property
     def module(self) -> torch.nn.Module:
@@ -423,20 +344,44 @@ class GRPOTrainer:
 
     # ---- one pass -------------------------------------------------------------------
     def train_pass(self, prompts: list[dict], scored: list[dict], phase: str,
-                   checkpoints: StepCheckpoints | None = None) -> dict:
+                   checkpoints: Checkpoints | None = None) -> dict:
         """One GRPO pass over `scored` (G rollouts per prompt). Returns rank 0's metrics.
 
         With `checkpoints`, the pass saves resume checkpoints as it goes and continues from
         the newest one of the same pass if there is one ("resumed_steps" in the metrics);
         they are removed once the pass is complete."""
-        cfg, dist, engine = self.cfg, self.dist, self.engine
         t0 = time.time()
-        start_step = self.global_step
-        global_step = start_step
-        fault_steps = {int(s) for s in os.environ.get(FAULT_ENV, "").split(",") if s.strip()}
-        grad_fault_steps = {int(s) for s in os.environ.get(GRAD_FAULT_ENV, "").split(",") if s.strip()}
-        crash_after = int(os.environ.get(CRASH_AFTER_STEP_ENV, "0") or "0")
+        plan = self._plan_pass(prompts, scored, phase)
+        slots = self._resume_slots(checkpoints, plan.key) if checkpoints is not None else None
+        resume = slots.find() if slots is not None else None
+        # pi_old: recomputed with the trainer's own model at the start of the pass (before
+        # any resume checkpoint is loaded, so a resumed pass sees the same values).
+        old_lp, gap = self._behaviour_logprobs(plan)
+        progress = self._resume(resume, phase) if resume is not None else PassProgress(0, self.global_step)
+        self.schedule.seek(progress.global_step, self.cfg.train.recycled_lr_scale if phase == "recycled" else 1.0)
+        for cb in self.callbacks:
+            cb.on_pass_start(self, phase)
+        k = 0  # optimizer steps of this pass, 1-based once taken
+        for _ in range(self.cfg.train.ppo_epochs):
+            for step_plan in tqdm(plan.steps, desc=f"update[{phase}]", disable=self.dist.rank != 0):
+                k += 1
+                if k <= progress.done:
+                    continue  # finished before the restart
+                self._optimizer_step(plan, step_plan[self.dist.rank], old_lp, progress)
+                progress.done = k
+                if slots is not None and checkpoints.every > 0 and k % checkpoints.every == 0 and k < plan.n_steps:
+                    self._save_resume(slots, plan, progress)
+                end = StepEnd(phase, k, progress.global_step - 1, progress.steps_log[-1]["skipped"])
+                for cb in self.callbacks:
+                    cb.on_step_end(self, end)
+        if slots is not None:
+            slots.clear()
+        return self._pass_metrics(plan, progress, gap, t0)
 
+    def _plan_pass(self, prompts: list[dict], scored: list[dict], phase: str) -> PassPlan:
+        """Advantages, sample order and micro-batches of a pass: from its inputs, the seed
+        and the starting step only, so a resumed pass rebuilds the same plan."""
+        cfg, start_step = self.cfg, self.global_step
         by_id = {p["prompt_id"]: p for p in prompts}
         missing = sorted({s["prompt_id"] for s in scored} - set(by_id))
         if missing:
@@ -444,168 +389,28 @@ class GRPOTrainer:
         adv = group_advantages([s["prompt_id"] for s in scored], [float(s["reward"]) for s in scored])
         order = list(range(len(scored)))
         random.Random(cfg.train.seed + start_step).shuffle(order)
-
-        steps_log = []
-        bad_run = 0
-        done = 0  # optimizer steps of this pass already taken by an earlier attempt
-        key = _pass_key(phase, start_step, scored, dist.world, cfg.train.ppo_epochs)
-        resume = _find_resume(checkpoints, dist, key) if checkpoints is not None else None
-        ga = self.ds_config["gradient_accumulation_steps"]
         lengths = [len(scored[i]["prompt_token_ids"]) + len(scored[i]["response_token_ids"]) for i in order]
-        plan = _plan_steps(len(order), cfg.train.micro_batch_size, ga, dist.world, lengths=lengths,
-                           token_budget=cfg.train.micro_batch_tokens, packed=cfg.train.packed)
-        n_pass = len(plan) * cfg.train.ppo_epochs
+        steps = _plan_steps(len(order), cfg.train.micro_batch_size, self.ds_config["gradient_accumulation_steps"],
+                            self.dist.world, lengths=lengths, token_budget=cfg.train.micro_batch_tokens,
+                            packed=cfg.train.packed)
+        key = checkpoint_key([phase, start_step, self.dist.world, cfg.train.ppo_epochs],
+                             ([s["prompt_id"], list(s["response_token_ids"]), float(s["reward"])] for s in scored))
+        return PassPlan(phase, scored, by_id, adv, order, steps, len(steps) * cfg.train.ppo_epochs, key)
 
-        def micro_batch(micro: list[int]):
-            """(sample indices, weight, batch on the device) of one micro-batch of the plan."""
-            weight = 1.0
-            if not micro:  # an empty share of the last step: keep lockstep, contribute nothing
-                micro, weight = [0], 0.0
-            ids = [order[i] for i in micro]
-            rows = [scored[i] for i in ids]
-            batch = build_batch(self.processor, [by_id[r["prompt_id"]] for r in rows],
-                                [list(r["prompt_token_ids"]) for r in rows],
-                                [list(r["response_token_ids"]) for r in rows]).to(dist.device)
-            return ids, weight, batch
-
-        # pi_old: recomputed with the trainer's own model at the start of the pass (before
-        # any resume checkpoint is loaded, so a resumed pass sees the same values).
-        old_lp, gap = self._behaviour_logprobs(plan, micro_batch, scored)
-        if resume is not None:
-            _, client = engine.load_checkpoint(resume["load_dir"], tag=resume["tag"], load_module_strict=True,
-                                               load_optimizer_states=True, load_lr_scheduler_states=False)
-            if (client or {}).get("spark_steps_done") != resume["steps_done"]:
-                raise RuntimeError(f"resume checkpoint {resume['load_dir']}/{resume['tag']} holds step "
-                                   f"{(client or {}).get('spark_steps_done')}, its state file says {resume['steps_done']}")
-            rng = os.path.join(resume["load_dir"], resume["tag"], f"rng_rank{dist.rank}.pt")
-            if os.path.exists(rng):
-                rng = torch.load(rng, weights_only=True)
-                torch.set_rng_state(rng["cpu"])
-                if "cuda" in rng and torch.cuda.is_available():
-                    torch.cuda.set_rng_state(rng["cuda"])
-            done, global_step = int(resume["steps_done"]), int(resume["global_step"])
-            steps_log, bad_run = list(resume["steps_log"]), int(resume["bad_run"])
-            if dist.rank == 0:
-                log.warning("update[%s]: resuming after %d finished optimizer steps (global step %d)", phase, done,
-                            global_step)
-
-        k = 0  # optimizer steps of this pass, 1-based once taken
-        for _ in range(cfg.train.ppo_epochs):
-            for step_plan in tqdm(plan, desc=f"update[{phase}]", disable=dist.rank != 0):
-                k += 1
-                if k <= done:
-                    continue  # finished before the restart
-                lr = lr_at(global_step, self.total_steps, cfg.train.lr, cfg.train.warmup_ratio, cfg.train.min_lr_ratio)
-                if phase == "recycled":
-                    lr *= cfg.train.recycled_lr_scale
-                stats_acc: list[dict] = []
-                step_bad = False
-                # SPARK's token mean is over the optimizer step: every micro-batch's token sum
-                # is divided by the step's response-token count over all micro-batches and ranks
-                step_tokens, = comm.all_reduce_values(
-                    [float(sum(len(scored[order[i]]["response_token_ids"]) for m in step_plan[dist.rank] for i in m))],
-                    op=comm.ReduceOp.SUM)
-                for j, micro in enumerate(step_plan[dist.rank]):
-                    # the step ends with its last micro-batch, however many the plan made
-                    # (a token budget gives each step its own count, not the config's ga)
-                    engine.set_gradient_accumulation_boundary(j == len(step_plan[dist.rank]) - 1)
-                    ids, weight, batch = micro_batch(micro)
-                    logp = engine(**batch.forward_inputs())
-                    mask = batch.response_mask.bool()
-                    old = torch.zeros_like(logp)
-                    old[mask] = torch.cat([old_lp[i] for i in ids])
-                    is_weight = None
-                    if cfg.train.tis_cap > 0:  # truncated importance sampling: pi_old(trainer) / pi(rollout engine)
-                        rollout = torch.zeros_like(logp)
-                        rollout[mask] = torch.tensor([x for i in ids for x in _rollout_logprobs(scored[i], True)],
-                                                     dtype=logp.dtype, device=logp.device)
-                        is_weight = torch.exp(old - rollout).clamp(max=cfg.train.tis_cap) * mask
-                    ref_lp = None
-                    if self.ref is not None:
-                        with torch.no_grad():
-                            ref_lp = self.ref(**batch.forward_inputs())
-                    a = torch.tensor([adv[i] for i in ids], device=logp.device)
-                    loss, st = grpo_loss(logp, old, ref_lp, a, batch.response_mask, cfg.train.eps_clip,
-                                         cfg.train.kl_coef, is_weight=is_weight, denom=step_tokens)
-                    if global_step in fault_steps:
-                        loss = loss * float("nan")
-                    if global_step in grad_fault_steps:  # sqrt'(0) is inf, times 0 is NaN: value 0, gradient NaN
-                        first = next(p for p in engine.module.parameters() if p.requires_grad)
-                        loss = loss + torch.sqrt(first.sum() * 0.0)
-                    finite, = comm.all_reduce_values([1.0 if torch.isfinite(loss) else 0.0], op=comm.ReduceOp.MIN)
-                    if finite < 1.0:
-                        step_bad = True
-                        st = {k: (v if k == "tokens" else float("nan")) for k, v in st.items()}
-                    if step_bad:
-                        # Poison the step's gradient on every rank: DeepSpeed then takes its own
-                        # overflow path, which drops the gradient and leaves the weights, Adam's
-                        # moments and its step count untouched (lr 0 would still move the moments).
-                        loss = loss * float("nan")
-                    # DeepSpeed averages gradients over the data-parallel ranks: x world undoes
-                    # that (the loss is already normalised by the step's global token count),
-                    # and scale_wrt_gas=False keeps it from dividing by the accumulation steps.
-                    engine.backward(loss * (weight * dist.world), scale_wrt_gas=False)
-                    if weight:
-                        stats_acc.append(st)
-                    for g in engine.optimizer.param_groups:
-                        g["lr"] = lr
-                    engine.step()
-                grad_norm = engine.get_global_grad_norm()
-                grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
-                if not step_bad and not math.isfinite(grad_norm):
-                    step_bad = True  # ZeRO's optimizer found non-finite gradients and skipped the update
-                if step_bad and math.isfinite(grad_norm):
-                    raise RuntimeError(f"global step {global_step} had a non-finite loss but DeepSpeed applied it "
-                                       f"(gradient norm {grad_norm}); refusing to continue with corrupted weights")
-                bad_run = bad_run + 1 if step_bad else 0
-                n_tok = sum(s["tokens"] for s in stats_acc)
-                mean = lambda k: (float("nan") if step_bad or not n_tok  # noqa: E731
-                                  else float(sum(s[k] * s["tokens"] for s in stats_acc) / n_tok))
-                steps_log.append({"step": global_step, "phase": phase, "loss": mean("loss"),
-                                  "pg_loss": mean("pg_loss"), "kl": mean("kl"), "clip_frac": mean("clip_frac"),
-                                  "grad_norm": grad_norm, "lr": 0.0 if step_bad else lr, "skipped": step_bad})
-                global_step += 1
-                self.global_step = global_step
-                if bad_run >= cfg.train.max_bad_steps:
-                    raise TrainingDiverged(
-                        f"{bad_run} consecutive optimizer steps had a non-finite loss or gradient "
-                        f"(last at global step {global_step - 1}); stopping. The last good checkpoint is "
-                        f"the input of this update: {self.model_dir}"
-                    )
-                if checkpoints is not None and checkpoints.every > 0 and k % checkpoints.every == 0 and k < n_pass:
-                    _save_resume(checkpoints, dist, engine, {
-                        "pass_key": key, "phase": phase, "steps_done": k, "global_step": global_step,
-                        "steps_log": steps_log, "bad_run": bad_run, "world": dist.world})
-                if crash_after and k == crash_after:
-                    raise RuntimeError(f"{CRASH_AFTER_STEP_ENV}={crash_after}: simulated crash after step {k} "
-                                       f"of update[{phase}]")
-        self.global_step = global_step
-        if checkpoints is not None:
-            self._clear_checkpoints(checkpoints)
-        kept = [s for s in steps_log if not s["skipped"]]
-        agg = lambda k: float(sum(s[k] for s in kept) / len(kept)) if kept else float("nan")  # noqa: E731
-        return {
-            "phase": phase,
-            "steps": len(steps_log),
-            "skipped_steps": sum(s["skipped"] for s in steps_log),
-            "loss": agg("loss"),
-            "pg_loss": agg("pg_loss"),
-            "kl": agg("kl"),
-            "clip_frac": agg("clip_frac"),
-            "grad_norm": agg("grad_norm"),
-            "lr": steps_log[-1]["lr"] if steps_log else 0.0,
-            "global_step": global_step,
-            "resumed_steps": done,
-            # |log pi_old(trainer) - log pi(rollout engine)| over the pass's response tokens
-            "rollout_logprob_gap_mean": gap[0],
-            "rollout_logprob_gap_max": gap[1],
-            "seconds": time.time() - t0,
-            "world_size": dist.world,
-            "step_log": steps_log,
-        }
+    def _micro_batch(self, plan: PassPlan, micro: list[int]):
+        """(sample indices, weight, batch on the device) of one micro-batch of the plan."""
+        weight = 1.0
+        if not micro:  # an empty share of the last step: keep lockstep, contribute nothing
+            micro, weight = [0], 0.0
+        ids = [plan.order[i] for i in micro]
+        rows = [plan.scored[i] for i in ids]
+        batch = build_batch(self.processor, [plan.by_id[r["prompt_id"]] for r in rows],
+                            [list(r["prompt_token_ids"]) for r in rows],
+                            [list(r["response_token_ids"]) for r in rows]).to(self.dist.device)
+        return ids, weight, batch
 
     @torch.no_grad()
-    def _behaviour_logprobs(self, plan, micro_batch, scored: list[dict]) -> tuple[dict[int, torch.Tensor], tuple]:
+    def _behaviour_logprobs(self, plan: PassPlan) -> tuple[dict[int, torch.Tensor], tuple]:
         """Log-probs of every sample's response under the current weights, computed with
         the same micro-batches as the update (so the first step's ratio is exactly 1),
         and the (mean, max) gap to the rollout engine's log-probs over all ranks."""
@@ -616,13 +421,13 @@ class GRPOTrainer:
         total = count = 0.0
         worst = 0.0
         try:
-            for step_plan in tqdm(plan, desc="old log-probs", disable=self.dist.rank != 0):
+            for step_plan in tqdm(plan.steps, desc="old log-probs", disable=self.dist.rank != 0):
                 for micro in step_plan[self.dist.rank]:
-                    ids, weight, batch = micro_batch(micro)
+                    ids, weight, batch = self._micro_batch(plan, micro)
                     lp = self.engine(**batch.forward_inputs())
                     for row, i in enumerate(ids):
                         out[i] = lp[row][batch.response_mask[row].bool()].detach()
-                        ref = _rollout_logprobs(scored[i], False)
+                        ref = _rollout_logprobs(plan.scored[i], False)
                         if weight and ref is not None:
                             d = (out[i].double() - torch.tensor(ref, dtype=torch.float64, device=lp.device)).abs()
                             total += float(d.sum())
@@ -635,16 +440,164 @@ class GRPOTrainer:
         gap = (total / count, worst) if count else (float("nan"), float("nan"))
         return out, gap
 
-    def _clear_checkpoints(self, checkpoints: StepCheckpoints) -> None:
-        """The pass is complete: its resume files are not needed."""
-        comm.barrier()
-        if self.dist.local_rank == 0:
-            for sub in ("live", "restored"):
-                shutil.rmtree(os.path.join(checkpoints.local_dir, sub), ignore_errors=True)
-            try:
-                os.rmdir(checkpoints.local_dir)  # only if nothing else is in it
-            except OSError:
-                pass
+    def _optimizer_step(self, plan: PassPlan, micros: list[list[int]], old_lp: dict[int, torch.Tensor],
+                        progress: PassProgress) -> None:
+        """One optimizer step over this rank's micro-batches, logged in `progress`."""
+        lr = self.schedule.get_last_lr()[0]
+        # SPARK's token mean is over the optimizer step: every micro-batch's token sum
+        # is divided by the step's response-token count over all micro-batches and ranks
+        step_tokens, = comm.all_reduce_values(
+            [float(sum(len(plan.scored[plan.order[i]]["response_token_ids"]) for m in micros for i in m))],
+            op=comm.ReduceOp.SUM)
+        stats: list[dict] = []
+        bad = False
+        for j, micro in enumerate(micros):
+            # the step ends with its last micro-batch, however many the plan made
+            # (a token budget gives each step its own count, not the config's ga)
+            self.engine.set_gradient_accumulation_boundary(j == len(micros) - 1)
+            st, bad = self._micro_step(plan, micro, old_lp, step_tokens, progress.global_step, bad)
+            if st is not None:
+                stats.append(st)
+        grad_norm, bad = self._check_step(bad, progress.global_step)
+        self._log_step(plan.phase, progress, stats, grad_norm, lr, bad)
+        progress.global_step += 1
+        self.global_step = progress.global_step
+        self.schedule.step()  # taken or skipped, the step moves the schedule on
+        if progress.bad_run >= self.cfg.train.max_bad_steps:
+            raise TrainingDiverged(
+                f"{progress.bad_run} consecutive optimizer steps had a non-finite loss or gradient "
+                f"(last at global step {progress.global_step - 1}); stopping. The last good checkpoint is "
+                f"the input of this update: {self.model_dir}"
+            )
+
+    def _micro_step(self, plan: PassPlan, micro: list[int], old_lp: dict[int, torch.Tensor], step_tokens: float,
+                    global_step: int, bad: bool) -> tuple[dict | None, bool]:
+        """Loss and backward of one micro-batch: (its stats, None for a filler; whether
+        the step is bad so far)."""
+        cfg, engine = self.cfg, self.engine
+        ids, weight, batch = self._micro_batch(plan, micro)
+        logp = engine(**batch.forward_inputs())
+        mask = batch.response_mask.bool()
+        old = torch.zeros_like(logp)
+        old[mask] = torch.cat([old_lp[i] for i in ids])
+        is_weight = None
+        if cfg.train.tis_cap > 0:  # truncated importance sampling: pi_old(trainer) / pi(rollout engine)
+            rollout = torch.zeros_like(logp)
+            rollout[mask] = torch.tensor([x for i in ids for x in _rollout_logprobs(plan.scored[i], True)],
+                                         dtype=logp.dtype, device=logp.device)
+            is_weight = torch.exp(old - rollout).clamp(max=cfg.train.tis_cap) * mask
+        ref_lp = None
+        if self.ref is not None:
+            with torch.no_grad():
+                ref_lp = self.ref(**batch.forward_inputs())
+        a = torch.tensor([plan.adv[i] for i in ids], device=logp.device)
+        loss, st = grpo_loss(logp, old, ref_lp, a, batch.response_mask, cfg.train.eps_clip,
+                             cfg.train.kl_coef, is_weight=is_weight, denom=step_tokens)
+        for cb in self.callbacks:
+            loss = cb.on_loss(self, global_step, loss)
+        loss, st, bad = self._check_loss(loss, st, bad)
+        # DeepSpeed averages gradients over the data-parallel ranks: x world undoes
+        # that (the loss is already normalised by the step's global token count),
+        # and scale_wrt_gas=False keeps it from dividing by the accumulation steps.
+        engine.backward(loss * (weight * self.dist.world), scale_wrt_gas=False)
+        engine.step()
+        return (st if weight else None), bad
+
+    # ---- the non-finite guard: a bad step is dropped whole, on every rank -----------
+    def _check_loss(self, loss: torch.Tensor, st: dict, bad: bool) -> tuple[torch.Tensor, dict, bool]:
+        """A non-finite loss on any rank makes the step bad; a bad step's every loss is
+        NaN from then on."""
+        finite, = comm.all_reduce_values([1.0 if torch.isfinite(loss) else 0.0], op=comm.ReduceOp.MIN)
+        if finite < 1.0:
+            bad = True
+            st = {k: (v if k == "tokens" else float("nan")) for k, v in st.items()}
+        if bad:
+            # Poison the step's gradient on every rank: DeepSpeed then takes its own
+            # overflow path, which drops the gradient and leaves the weights, Adam's
+            # moments and its step count untouched (lr 0 would still move the moments).
+            loss = loss * float("nan")
+        return loss, st, bad
+
+    def _check_step(self, bad: bool, global_step: int) -> tuple[float, bool]:
+        """(gradient norm, whether the step was skipped) once the optimizer has run."""
+        grad_norm = self.engine.get_global_grad_norm()
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        if not bad and not math.isfinite(grad_norm):
+            bad = True  # ZeRO's optimizer found non-finite gradients and skipped the update
+        if bad and math.isfinite(grad_norm):
+            raise RuntimeError(f"global step {global_step} had a non-finite loss but DeepSpeed applied it "
+                               f"(gradient norm {grad_norm}); refusing to continue with corrupted weights")
+        return grad_norm, bad
+
+    # ---- logging ----------------------------------------------------------------------
+    @staticmethod
+    def _log_step(phase: str, progress: PassProgress, stats: list[dict], grad_norm: float, lr: float,
+                  bad: bool) -> None:
+        progress.bad_run = progress.bad_run + 1 if bad else 0
+        n_tok = sum(s["tokens"] for s in stats)
+        mean = lambda k: (float("nan") if bad or not n_tok  # noqa: E731
+                          else float(sum(s[k] * s["tokens"] for s in stats) / n_tok))
+        progress.steps_log.append({"step": progress.global_step, "phase": phase, "loss": mean("loss"),
+                                   "pg_loss": mean("pg_loss"), "kl": mean("kl"), "clip_frac": mean("clip_frac"),
+                                   "grad_norm": grad_norm, "lr": 0.0 if bad else lr, "skipped": bad})
+
+    def _pass_metrics(self, plan: PassPlan, progress: PassProgress, gap: tuple, t0: float) -> dict:
+        steps_log = progress.steps_log
+        kept = [s for s in steps_log if not s["skipped"]]
+        agg = lambda k: float(sum(s[k] for s in kept) / len(kept)) if kept else float("nan")  # noqa: E731
+        return {
+            "phase": plan.phase,
+            "steps": len(steps_log),
+            "skipped_steps": sum(s["skipped"] for s in steps_log),
+            "loss": agg("loss"),
+            "pg_loss": agg("pg_loss"),
+            "kl": agg("kl"),
+            "clip_frac": agg("clip_frac"),
+            "grad_norm": agg("grad_norm"),
+            "lr": steps_log[-1]["lr"] if steps_log else 0.0,
+            "global_step": progress.global_step,
+            "resumed_steps": progress.resumed,
+            # |log pi_old(trainer) - log pi(rollout engine)| over the pass's response tokens
+            "rollout_logprob_gap_mean": gap[0],
+            "rollout_logprob_gap_max": gap[1],
+            "seconds": time.time() - t0,
+            "world_size": self.dist.world,
+            "step_log": steps_log,
+        }
+
+    # ---- resume checkpoints (spark_core.checkpoint) -----------------------------------
+    def _resume_slots(self, checkpoints: Checkpoints, key: str) -> ResumeSlots:
+        """The pass's slots under checkpoints.local_dir/live, shared by the ranks of each node."""
+        d = self.dist
+        return ResumeSlots(checkpoints, key, RESUME_POINTER, Ranks(d.rank, d.local_rank, comm.barrier, _on_all_ranks),
+                           subdir="live")
+
+    def _save_resume(self, slots: ResumeSlots, plan: PassPlan, progress: PassProgress) -> None:
+        """The engine (all ranks) and each rank's RNG into a slot; the pass's progress in its pointer."""
+        def write(root: str, tag: str) -> None:
+            self.engine.save_checkpoint(root, tag=tag, save_latest=False,
+                                        client_state={"spark_steps_done": progress.done})
+            save_rng_state(os.path.join(root, tag, f"rng_rank{self.dist.rank}.pt"))
+
+        slots.save(progress.done, write, {"phase": plan.phase, "global_step": progress.global_step,
+                                          "steps_log": progress.steps_log, "bad_run": progress.bad_run,
+                                          "world": self.dist.world})
+
+    def _resume(self, resume: dict, phase: str) -> PassProgress:
+        """Load a resume checkpoint into the engine; the progress it records."""
+        load_dir, tag = resume["load_dir"], resume["tag"]
+        _, client = self.engine.load_checkpoint(load_dir, tag=tag, load_module_strict=True,
+                                                load_optimizer_states=True, load_lr_scheduler_states=False)
+        if (client or {}).get("spark_steps_done") != resume["steps_done"]:
+            raise RuntimeError(f"resume checkpoint {load_dir}/{tag} holds step "
+                               f"{(client or {}).get('spark_steps_done')}, its state file says {resume['steps_done']}")
+        load_rng_state(os.path.join(load_dir, tag, f"rng_rank{self.dist.rank}.pt"))
+        done = int(resume["steps_done"])
+        if self.dist.rank == 0:
+            log.warning("update[%s]: resuming after %d finished optimizer steps (global step %d)", phase, done,
+                        int(resume["global_step"]))
+        return PassProgress(done, int(resume["global_step"]), list(resume["steps_log"]), int(resume["bad_run"]),
+                            resumed=done)
 
     # ---- saving ---------------------------------------------------------------------
     def save_hf(self, out_dir: str) -> None:
@@ -717,14 +670,16 @@ def _layer_groups(named: list[tuple[str, torch.nn.Parameter]]) -> list[list[tupl
 
 def run_update(*, cfg: SparkConfig, model_dir: str, ref_dir: str, prompts: list[dict], scored: list[dict],
                out_dir: str, state_in: str | None, state_out: str, phase: str,
-               checkpoints: StepCheckpoints | None = None) -> dict:
+               checkpoints: Checkpoints | None = None, callbacks: list[TrainerCallback] | None = None) -> dict:
     """One GRPO pass over `scored` (G rollouts per prompt), then the HF checkpoint to
     `out_dir` and the training state to `state_out`. Returns rank 0's metrics.
 
     With `checkpoints`, the pass saves resume checkpoints as it goes and continues from
-    the newest one of the same pass if there is one ("resumed_steps" in the metrics)."""
+    the newest one of the same pass if there is one ("resumed_steps" in the metrics).
+    `callbacks` default to the faults the environment asks for (faults_from_env)."""
     t0 = time.time()
-    trainer = GRPOTrainer(cfg, model_dir, ref_dir, state_in=state_in)
+    trainer = GRPOTrainer(cfg, model_dir, ref_dir, state_in=state_in,
+                          callbacks=faults_from_env() if callbacks is None else callbacks)
     m = trainer.train_pass(prompts, scored, phase, checkpoints=checkpoints)
     trainer.save_hf(out_dir)
     trainer.save_state(state_out)
