@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _data_inputs(**fields) -> dict:
     base = {"data.synthetic_train": 4, "data.synthetic_eval": 2}
     cfg = load_config("tiny-cpu", json.dumps(dict(base, **fields)))
-    return {"data": cfg.data, "model": cfg.model}
+    return {"data": cfg.data}
 
 
 def test_corrupted_parquet_fails_naming_the_path(tmp_path):
@@ -118,7 +118,9 @@ def test_crashed_update_resumes_from_its_checkpoint(tiny_dir, small_rollouts, tm
     step 1 and ends exactly where an uninterrupted pass ends."""
     from flytekit.core.checkpointer import SyncCheckpoint
 
-    from spark_core.train.engine import CRASH_AFTER_STEP_ENV, STATE_FILE, StepCheckpoints, run_update
+    from spark_core.checkpoint import Checkpoints
+    from spark_core.train.callbacks import CRASH_AFTER_STEP_ENV
+    from spark_core.train.engine import STATE_FILE, run_update
 
     rows, scored = small_rollouts
     cfg = SparkConfig()
@@ -137,7 +139,7 @@ def test_crashed_update_resumes_from_its_checkpoint(tiny_dir, small_rollouts, tm
     attempt1 = SyncCheckpoint(checkpoint_dest=str(tmp_path / "cp-attempt1"))
     monkeypatch.setenv(CRASH_AFTER_STEP_ENV, "1")
     with pytest.raises(RuntimeError, match="simulated crash after step 1"):
-        update("crashed", StepCheckpoints(str(tmp_path / "pod1"), every=1, publish=attempt1.save))
+        update("crashed", Checkpoints(str(tmp_path / "pod1"), every=1, publish=attempt1.save))
     assert not os.path.exists(tmp_path / "crashed" / "out")
     published = sorted(os.listdir(tmp_path / "cp-attempt1"))
     assert {"slot-a", "spark_resume.json"} <= set(published)
@@ -147,9 +149,9 @@ def test_crashed_update_resumes_from_its_checkpoint(tiny_dir, small_rollouts, tm
     monkeypatch.delenv(CRASH_AFTER_STEP_ENV)
     attempt2 = SyncCheckpoint(checkpoint_dest=str(tmp_path / "cp-attempt2"),
                               checkpoint_src=str(tmp_path / "cp-attempt1"))
-    resumed = update("resumed", StepCheckpoints(str(tmp_path / "pod2"), every=1,
-                                                restore=lambda d: attempt2.restore(d) is not None,
-                                                publish=attempt2.save))
+    resumed = update("resumed", Checkpoints(str(tmp_path / "pod2"), every=1,
+                                            restore=lambda d: attempt2.restore(d) is not None,
+                                            publish=attempt2.save))
     assert resumed["resumed_steps"] == 1
     assert resumed["global_step"] == full["global_step"] == 2
     assert resumed["steps"] == full["steps"] == 2  # the step log covers the whole pass
@@ -171,7 +173,9 @@ def test_crashed_update_resumes_from_its_checkpoint(tiny_dir, small_rollouts, tm
 
 def test_resume_ignores_a_checkpoint_of_another_pass(tmp_path):
     """A state file of a different pass (other rollouts or start step) is never resumed."""
-    from spark_core.train.engine import RESUME_FILE, _read_resume
+    from spark_core.train.engine import RESUME_FILE, RESUME_POINTER
+
+    _read_resume = RESUME_POINTER.read
 
     os.makedirs(tmp_path / "slot-a")
     (tmp_path / RESUME_FILE).write_text(json.dumps({"pass_key": "other", "tag": "slot-a", "steps_done": 1}))
