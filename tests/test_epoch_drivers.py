@@ -130,6 +130,12 @@ def test_three_drivers_run_the_same_epochs(flyte_run, tmp_path, monkeypatch):
     assert _max_diff(str(tmp_path / "seg-final"), final) < 1e-5
 
 
+def test_the_dag_run_end_to_end(flyte_run):
+    from tests.test_workflow_e2e import check_finished_run
+
+    check_finished_run(flyte_run[0], os.environ["MLFLOW_TRACKING_URI"])
+
+
 def test_a_new_learning_rate_reuses_the_prefix_and_the_first_rollouts(flyte_run, flyte_cache):
     from workflows.spark import spark
 
