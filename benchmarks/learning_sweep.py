@@ -3,9 +3,9 @@
     python -m benchmarks.learning_sweep --set bootstrap.steps=400 --set train.lr=5e-4 \\
         --epochs 3 [--arm spark] [--no-rl]
 
-Runs the same library functions as `pyflyte run workflows/spark.py spark` (tiny model,
-warm start, held-out judge set, HF rollouts, verifier, recycling, DeepSpeed GRPO
-update, evaluation) without Flyte, so one setting takes minutes, and prints per epoch
+Each setting runs spark_core.run, the in-process driver of the pipeline's own epoch
+(spark_core/epoch.py: the stages of `pyflyte run workflows/spark.py spark`, without
+Flyte), so one setting takes minutes; prints per epoch
 held-out accuracy (per task), judge accuracy (pointwise/pairwise), rollout reward,
 and the seconds each stage took. `--set` takes dotted config keys (any number);
 values are parsed as JSON where they can be. Several `--grid key=v1,v2` make a sweep.
