@@ -16,7 +16,7 @@ run's metrics and printed, since a recycled batch can come out short.
 
 Seeds vary the RL loop only (`seed`: prompt order and rollout sampling, `recycle.seed`,
 `train.seed`): the stages before the loop (data, tiny model, warm start, held-out judge
-set) are keyed on a prefix config without them, so every arm and seed starts from the
+set) take no loop setting as inputs, so every arm and seed starts from the
 same cached model and is measured on the same held-out sets. The held-out sets are
 enlarged here (not in the default) so that a standard error is at most 0.02, and only
 the start and the last epoch are evaluated (eval.every). Every finished arm-seed is
@@ -116,12 +116,20 @@ def arm_overrides(arm: str, prompts: int, seed: int, eval_problems: int, epochs:
     return o
 
 
-def parse_metrics(stdout: str) -> list[dict]:
-    """The workflow's `metrics` output (a JSON list, one dict per epoch) from pyflyte's print."""
-    m = re.search(r"metrics='(\[.*?\])', quarantine=", stdout, re.DOTALL)
+def parse_metrics(stdout: str, tracking_uri: str) -> list[dict]:
+    """One dict per epoch of the run whose summary pyflyte printed, read back from its
+    MLflow run (step = epoch), as the workflow logged them."""
+    from mlflow import MlflowClient
+
+    m = re.search(r"MLflow run: +\S+ \(id ([0-9a-f]+)\)", stdout)
     if not m:
-        raise ValueError("no metrics='[...]' in the pyflyte output")
-    return json.loads(m.group(1))
+        raise ValueError("no 'MLflow run: ... (id ...)' line in the pyflyte output")
+    client = MlflowClient(tracking_uri=tracking_uri)
+    by_step: dict[int, dict] = {}
+    for key in client.get_run(m.group(1)).data.metrics:
+        for point in client.get_metric_history(m.group(1), key):
+            by_step.setdefault(point.step, {})[key] = point.value
+    return [by_step[s] for s in sorted(by_step)]
 
 
 def run_one(arm: str, epochs: int, overrides: dict, env: dict) -> tuple[list[dict], float]:
@@ -132,7 +140,7 @@ def run_one(arm: str, epochs: int, overrides: dict, env: dict) -> tuple[list[dic
     if p.returncode != 0:
         sys.stderr.write(p.stderr[-5000:])
         raise SystemExit(f"arm {arm} failed (exit code {p.returncode}); command: {' '.join(cmd)}")
-    return parse_metrics(p.stdout), time.time() - t0
+    return parse_metrics(p.stdout, env["MLFLOW_TRACKING_URI"]), time.time() - t0
 
 
 def summarize_run(arm: str, seed: int, hist: list[dict], seconds: float) -> dict:

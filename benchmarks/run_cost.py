@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 from spark_core.config import preset
 

@@ -3,7 +3,6 @@ workflow runs, exercised by the end-to-end tests; here the parts that turn them 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 
@@ -55,13 +54,18 @@ def test_overrides_keep_compute_equal_and_vary_only_loop_seeds():
     assert len(prefixes) == 1  # every arm and seed shares the warm start and the held-out sets
 
 
-def test_parse_metrics_from_pyflyte_output():
-    hist = [{"eval/accuracy": 0.25}, {"eval/accuracy": 0.5, "policy/samples": 128}]
-    out = (f"Running Execution on local.\nSparkOutput(policy=/tmp/p, metrics='{json.dumps(hist)}', "
-           f"quarantine=StructuredDataset(uri='/tmp/q'), summary=\n\nSPARK run finished\n)\n")
-    assert arms.parse_metrics(out) == hist
+def test_parse_metrics_from_pyflyte_output(mlflow_db):
+    from spark_core import tracking
+
+    hist = [{"eval/accuracy": 0.25}, {"eval/accuracy": 0.5, "policy/samples": 128.0}]
+    run_id = tracking.start_run({"seed": 1}, run_name="spark-tiny-cpu-s1", tags={})
+    tracking.backfill(run_id, hist)
+    out = ("Running Execution on local.\nSparkOutput(policy=/tmp/p, metrics=StructuredDataset(uri=None), "
+           "summary=\n\nSPARK run finished\n...\n"
+           f"MLflow run:        spark-tiny-cpu-s1 (id {run_id}), experiment 'spark'\n)\n")
+    assert arms.parse_metrics(out, mlflow_db) == hist
     with pytest.raises(ValueError):
-        arms.parse_metrics("nothing here")
+        arms.parse_metrics("nothing here", mlflow_db)
 
 
 def _rows():
