@@ -21,12 +21,7 @@ import tempfile
 
 os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 
-
-def _value(s: str):
-    try:
-        return json.loads(s)
-    except ValueError:
-        return s
+from spark_core.run import parse_value as _value  # noqa: E402 (after the thread count; research scripts import it)
 
 
 def evaluate(cfg, model_dir: str, eval_rows: list[dict], judge_rows: list[dict]) -> dict:

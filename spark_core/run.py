@@ -147,7 +147,8 @@ def epoch_line(epoch: int, m: dict) -> str:
     return "  ".join(parts + [f"{secs:.0f}s"])
 
 
-def _value(s: str):
+def parse_value(s: str):
+    """A --set value: JSON where it parses (numbers, booleans, lists), else the string."""
     try:
         return json.loads(s)
     except ValueError:
@@ -164,7 +165,7 @@ def main(argv=None) -> int:
     ap.add_argument("--start", default="", help="start from this warm-started checkpoint (skips the warm start)")
     ap.add_argument("--out", default="", help="keep checkpoints and metrics.jsonl here (default: a temp dir)")
     args = ap.parse_args(argv)
-    fields: dict[str, Any] = {k: _value(v) for k, v in (s.split("=", 1) for s in args.set)}
+    fields: dict[str, Any] = {k: parse_value(v) for k, v in (s.split("=", 1) for s in args.set)}
     if args.epochs:
         fields["epochs"] = args.epochs
     if args.arm:

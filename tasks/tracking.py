@@ -84,9 +84,9 @@ def log_epoch(run_id: str, epoch: int, metrics: list[str]) -> str:
     """Merge the stage metrics of one epoch, log them at step=epoch, return the merge."""
     from spark_core import tracking
 
-    merged: dict[str, float] = {}
-    for m in metrics:
-        merged.update(json.loads(m))
+    from spark_core.epoch import merge
+
+    merged = merge([json.loads(m) for m in metrics])
     log_or_defer(f"log_epoch {epoch}", lambda: tracking.log_metrics(run_id, merged, step=epoch))
     return json.dumps(merged)
 
