@@ -115,6 +115,10 @@ class BootstrapConfig:
     batch_size: int = opt(32, "examples per step")
     lr: float = opt(1e-3, "AdamW learning rate (3e-3 learns the answer format sooner but reads the images less well)")
     judge_fraction: float = opt(0.25, "share of judge-format examples, so that the judge role has a format")
+    judge_target: Literal["verdict", "answer_then_verdict"] = opt(
+        "verdict", 'what a judge example\'s target says: verdict: only "\\boxed{Yes}"; answer_then_verdict: the '
+        'problem\'s own answer first, then the verdict ("7 \\boxed{No}"), so that the judge compares an answer '
+        'it has written with the one shown instead of doing both in one forward pass')
     reflection_fraction: float = opt(
         0.0, "share of reflection-format examples (a wrong answer shown, the true answer as target), so that the "
         "recycled pass's reflection prompts are solved rather than given a verdict")

@@ -1,4 +1,5 @@
-"""The GRPO update: DeepSpeed on every rank of an Elastic (torchrun) job.
+"""The GRPO update: DeepSpeed on every rank of an Elastic (torchrun) job, or in the
+task's own process when the job has one rank.
 
 A retried update resumes: every SPARK_CHECKPOINT_EVERY optimizer steps (default 1) the
 engine state is published through Flyte's intra-task checkpoint, and the next attempt
@@ -37,7 +38,13 @@ class UpdateOutput(NamedTuple):
     steps: StructuredDataset
 
 
-def elastic_config(nnodes: int = 1, nproc_per_node: int = 1) -> Elastic:
+def elastic_config(nnodes: int = 1, nproc_per_node: int = 1) -> Optional[Elastic]:
+    """torchrun (Elastic) for a job of several ranks. A job of one rank gets None, a plain
+    task: it runs in the task's own process, with no Elastic agent, no spawned worker and
+    no second import of torch and DeepSpeed (docs/tiny-default.md measures the saving). A
+    failed one-rank attempt is retried by Flyte and resumes from its checkpoint."""
+    if nnodes * nproc_per_node <= 1:
+        return None
     return Elastic(nnodes=nnodes, nproc_per_node=nproc_per_node, start_method="spawn", max_restarts=1,
                    increase_shared_mem=False,
                    rdzv_configs={"timeout": 1200, "join_timeout": 1200, "read_timeout": 600})

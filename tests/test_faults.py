@@ -223,7 +223,7 @@ def test_rerun_after_a_crash_reuses_finished_stages(tmp_path):
                              capture_output=True, text=True, timeout=1200)
     assert crashed.returncode != 0
     log1 = crashed.stdout + crashed.stderr
-    assert "SPARK_FAULT_CRASH_UPDATE_PHASE=recycled" in log1
+    assert "SPARK_FAULT_CRASH_UPDATE_PHASE=recycled" in log1, log1[-4000:]
     first = _cache_log(log1)
     assert first and all(r == "miss" for _, r in first), first
     assert first[-1][0] == "tasks.update.update_policy"  # the recycled update, which failed

@@ -26,6 +26,7 @@ import math
 import os
 import random
 import re
+import socket
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -95,6 +96,12 @@ def readable_arch_list_env() -> None:
         os.environ["TORCH_CUDA_ARCH_LIST"] = fixed
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_distributed() -> DistInfo:
     import deepspeed
 
@@ -108,6 +115,10 @@ def init_distributed() -> DistInfo:
         os.environ.setdefault("WORLD_SIZE", "1")
         os.environ.setdefault("LOCAL_RANK", "0")
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        if int(os.environ["WORLD_SIZE"]) == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:
+            # one rank and no launcher: no peer needs to agree on the port, and one left in
+            # the environment by a parent process that ran an update itself is still bound
+            os.environ["MASTER_PORT"] = str(free_port())
         os.environ.setdefault("MASTER_PORT", str(29500 + random.Random(os.getpid()).randint(0, 2000)))
         # NCCL collectives that hang after a peer dies must fail instead of blocking forever.
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")

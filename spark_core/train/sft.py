@@ -21,15 +21,24 @@ from spark_core.model.prompting import encode_example
 from spark_core.train.grpo import masked_mean
 
 
-def judge_examples(rows: list[dict], n: int, rng: random.Random, brief: bool = False) -> list[tuple[dict, str]]:
+def judge_target(verdict: str, truth: str, brief: bool, with_answer: bool) -> str:
+    """A judge example's target: the verdict in \\boxed{}, after the problem's own answer
+    when `with_answer` (the answer is not boxed: the verifier reads the last box)."""
+    boxed = f"\\boxed{{{verdict}}}" if brief else f"The verdict is \\boxed{{{verdict}}}."
+    return f"{truth} {boxed}" if with_answer else boxed
+
+
+def judge_examples(rows: list[dict], n: int, rng: random.Random, brief: bool = False,
+                   with_answer: bool = False) -> list[tuple[dict, str]]:
     """Judge-format examples with correct verdicts, built with the recycling templates."""
     out = []
     if n <= 0:
         return out
     from spark_core.recycle.build import judge_samples_for_bootstrap
 
-    for sample, verdict in judge_samples_for_bootstrap([rng.choice(rows) for _ in range(n)], rng):
-        out.append((sample, f"\\boxed{{{verdict}}}" if brief else f"The verdict is \\boxed{{{verdict}}}."))
+    picked = [rng.choice(rows) for _ in range(n)]
+    for (sample, verdict), src in zip(judge_samples_for_bootstrap(picked, rng), picked):
+        out.append((sample, judge_target(verdict, str(src["answer"]).strip(), brief, with_answer)))
     return out
 
 
@@ -53,7 +62,8 @@ def bootstrap_examples(rows: list[dict], cfg: SparkConfig, n: int, seed: int) ->
     n_reflect = int(round(n * cfg.bootstrap.reflection_fraction))
     brief = cfg.bootstrap.brief_targets
     solve = [(r, worked_solution(r, brief=brief)) for r in (rng.choice(rows) for _ in range(n - n_judge - n_reflect))]
-    ex = solve + judge_examples(rows, n_judge, rng, brief=brief)
+    ex = solve + judge_examples(rows, n_judge, rng, brief=brief,
+                                with_answer=cfg.bootstrap.judge_target == "answer_then_verdict")
     ex += reflection_examples(rows, n_reflect, rng, brief=brief)
     rng.shuffle(ex)
     return ex
