@@ -133,6 +133,11 @@ class RolloutConfig:
     backend: Literal["hf", "vllm"] = opt("hf", "hf: transformers generate (CPU, tests); vllm: the GPU engine")
     prompts_per_epoch: int = opt(64, "problems rolled out per epoch (the policy pass's batch)")
     n_samples: int = opt(8, "G, samples per prompt")
+    balance_sources: bool = opt(
+        True, "each epoch's problems come from the training rows' sources (the `source` column) in equal shares; "
+        "off: a uniform draw, as published (GPU presets). On in the tiny default: with uniform draws its five "
+        "tasks' shares of a 128-prompt epoch ranged 14-29%, and the rollout reward followed the mix, not the "
+        "policy (docs/tiny-default.md)")
     temperature: float = opt(
         0.7, "sampling temperature: 1.0 as published (the GPU presets); the tiny default samples at 0.7: at 1.0 "
         "its first epoch turned total_dots' greedy answers into the task's most common answer (0.86 -> 0.53), "
@@ -388,6 +393,7 @@ def _gpu_preset(name: str, *, gpus: int, nnodes: int, max_new_tokens: int, rollo
     cfg.data = DataConfig(train_path="", max_prompt_tokens=8192)
     cfg.bootstrap = BootstrapConfig(enabled=False)
     cfg.rollout = RolloutConfig(backend="vllm", prompts_per_epoch=64, n_samples=8, temperature=1.0, top_p=1.0,
+                                balance_sources=False,
                                 max_new_tokens=max_new_tokens,
                                 n_shards=rollout_gpus // rollout_tp, gpu_memory_utilization=0.85,
                                 tensor_parallel_size=rollout_tp)

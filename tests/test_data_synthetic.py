@@ -188,6 +188,23 @@ def test_brief_warm_start_targets_are_the_boxed_answer_and_score_as_correct():
     assert all(t.endswith("}.") for _, t in bootstrap_examples(rows, sentence, 40, seed=0))
 
 
+def test_judge_targets_can_state_the_problems_answer_before_the_verdict():
+    from spark_core.config import load_config
+    from spark_core.reward import score_batch
+    from spark_core.train.sft import bootstrap_examples
+
+    rows = generate(20, seed=4)
+    cfg = load_config("tiny-cpu", "", {"bootstrap.judge_fraction": 1.0, "bootstrap.judge_target": "answer_then_verdict"})
+    ex = bootstrap_examples(rows, cfg, 30, seed=0)
+    truth = {r["prompt_id"]: r["answer"] for r in rows}
+    for row, target in ex:
+        assert row["kind"] in ("pointwise", "pairwise")
+        # "<the problem's answer> \\boxed{<verdict>}": one box, the verdict's
+        assert target == f"{truth[row['source_prompt_id']]} \\boxed{{{row['answer']}}}"
+    # the verifier reads the last box, so the target still scores as the right verdict
+    assert all(s["reward"] == 1.0 for s in score_batch([t for _, t in ex], [row["answer"] for row, _ in ex]))
+
+
 def test_write_spark_dataset_is_the_public_row_format(tmp_path):
     rows = generate(4, seed=9)
     path = write_spark_dataset(rows, str(tmp_path / "out"), max_pixels=12345)
