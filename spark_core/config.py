@@ -131,7 +131,7 @@ class RolloutConfig:
 
     __pydantic_config__ = _STRICT
     backend: Literal["hf", "vllm"] = opt("hf", "hf: transformers generate (CPU, tests); vllm: the GPU engine")
-    prompts_per_epoch: int = opt(64, "problems rolled out per epoch (the policy pass's batch)")
+    prompts_per_epoch: int = opt(128, "problems rolled out per epoch (the policy pass's batch)")
     n_samples: int = opt(8, "G, samples per prompt")
     balance_sources: bool = opt(
         True, "each epoch's problems come from the training rows' sources (the `source` column) in equal shares; "
@@ -297,7 +297,7 @@ class SparkConfig:
 
     __pydantic_config__ = _STRICT
     preset: str = opt("tiny-cpu", "the preset this config started from")
-    epochs: int = opt(2, "co-evolution epochs (SPARK steps)")
+    epochs: int = opt(3, "co-evolution epochs (SPARK steps)")
     seed: int = opt(42, "seed of the loop: prompt order and rollout sampling")
     model: ModelConfig = section(ModelConfig, ModelConfig.__doc__)
     data: DataConfig = section(DataConfig, DataConfig.__doc__)
@@ -428,7 +428,7 @@ def tiny_learn_preset() -> SparkConfig:
     cores): more epochs of more prompts, and a larger held-out set so that a 10-point
     gain is well outside its noise. Same model, warm start and stages as tiny-cpu."""
     cfg = SparkConfig(preset="tiny-cpu-learn", epochs=10)
-    cfg.rollout = dataclasses.replace(cfg.rollout, prompts_per_epoch=128)
+    cfg.rollout = dataclasses.replace(cfg.rollout, prompts_per_epoch=256)
     cfg.data = dataclasses.replace(cfg.data, synthetic_eval=400)
     return cfg
 

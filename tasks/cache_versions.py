@@ -54,8 +54,8 @@ STAGE_TASKS = {
     "segment": [("tasks/segment.py", "run_segment")],
 }
 
-_COMMON = ["tasks/__init__.py", "tasks/common.py", "spark_core/__init__.py", "spark_core/config.py",
-           "spark_core/memory_budget.py", "spark_core/schemas.py"]
+_COMMON = ["tasks/__init__.py", "tasks/common.py", "tasks/literal_types.py", "spark_core/__init__.py",
+           "spark_core/config.py", "spark_core/memory_budget.py", "spark_core/schemas.py"]
 _MODEL = ["spark_core/model/*.py"]
 _ROLLOUT = ["spark_core/rollout/__init__.py", "spark_core/rollout/base.py", "spark_core/rollout/hf.py",
             "spark_core/rollout/vllm_backend.py"] + _MODEL
