@@ -115,10 +115,12 @@ class BootstrapConfig:
     batch_size: int = opt(32, "examples per step")
     lr: float = opt(1e-3, "AdamW learning rate (3e-3 learns the answer format sooner but reads the images less well)")
     judge_fraction: float = opt(0.25, "share of judge-format examples, so that the judge role has a format")
-    judge_target: Literal["verdict", "answer_then_verdict"] = opt(
+    judge_target: Literal["verdict", "answer_then_verdict", "compare"] = opt(
         "verdict", 'what a judge example\'s target says: verdict: only "\\boxed{Yes}"; answer_then_verdict: the '
         'problem\'s own answer first, then the verdict ("7 \\boxed{No}"), so that the judge compares an answer '
-        'it has written with the one shown instead of doing both in one forward pass')
+        'it has written with the one shown instead of doing both in one forward pass; compare: the own answer, '
+        'then the answers shown, then the verdict ("7 | 5 \\boxed{No}", pairwise "7 | A 5 B 7 \\boxed{B}"), so '
+        'that the verdict compares neighbouring tokens')
     reflection_fraction: float = opt(
         0.0, "share of reflection-format examples (a wrong answer shown, the true answer as target), so that the "
         "recycled pass's reflection prompts are solved rather than given a verdict")
@@ -171,6 +173,12 @@ class RecycleConfig:
                             "the judge pass is trained; policy_reward: both passes, no reflection (ablations)")
     p_pointwise_mixed: float = opt(0.3, "share of pointwise judge prompts drawn from groups with mixed rewards")
     max_judge_fraction: float = opt(0.5, "at most this share of the recycled batch is judge data")
+    mixed_groups_only: bool = opt(
+        True, "judge prompts come only from problems with both a right and a wrong sample, so a pointwise "
+        "prompt is as likely to show a right answer as a wrong one whatever the problem. Off: as published (GPU "
+        "presets): all-right groups give Yes prompts and all-wrong groups No prompts, and a verdict read off the "
+        "problem's difficulty earns the reward. Tiny default, recycled pass at 1.0x: the recycled pointwise "
+        "reward rose 0.50 -> 0.64 while the held-out pointwise accuracy fell (docs/tiny-default.md)")
     cot_reflection_fraction: float = opt(0.5, "share of reflection samples that show the wrong reasoning, not "
                                               "just its answer")
     recycled_batch: int = opt(0, "recycled prompts per recycled pass; 0 = rollout.prompts_per_epoch")
@@ -392,6 +400,7 @@ def _gpu_preset(name: str, *, gpus: int, nnodes: int, max_new_tokens: int, rollo
                             max_pixels=1024 * 28 * 28)
     cfg.data = DataConfig(train_path="", max_prompt_tokens=8192)
     cfg.bootstrap = BootstrapConfig(enabled=False)
+    cfg.recycle = RecycleConfig(mixed_groups_only=False)
     cfg.rollout = RolloutConfig(backend="vllm", prompts_per_epoch=64, n_samples=8, temperature=1.0, top_p=1.0,
                                 balance_sources=False,
                                 max_new_tokens=max_new_tokens,

@@ -205,6 +205,34 @@ def test_judge_targets_can_state_the_problems_answer_before_the_verdict():
     assert all(s["reward"] == 1.0 for s in score_batch([t for _, t in ex], [row["answer"] for row, _ in ex]))
 
 
+def test_compare_judge_targets_show_the_answers_compared():
+    """compare: "<the problem's answer> | <the answer(s) shown> \\boxed{<verdict>}", with
+    the shown answers the prompt's own (pointwise one, pairwise A then B)."""
+    from spark_core.config import load_config
+    from spark_core.reward import score_batch
+    from spark_core.train.sft import bootstrap_examples
+
+    rows = generate(30, seed=5)
+    cfg = load_config("tiny-cpu", "", {"bootstrap.judge_fraction": 1.0, "bootstrap.judge_target": "compare"})
+    ex = bootstrap_examples(rows, cfg, 40, seed=0)
+    truth = {r["prompt_id"]: r["answer"] for r in rows}
+    kinds = set()
+    for row, target in ex:
+        kinds.add(row["kind"])
+        mine, rest = target.split(" | ")
+        shown, box = rest.rsplit(" ", 1)
+        assert mine == truth[row["source_prompt_id"]] and box == f"\\boxed{{{row['answer']}}}"
+        if row["kind"] == "pairwise":
+            a, b = shown.removeprefix("A ").split(" B ")
+            assert a in row["question"] and b in row["question"]
+            # the label is the letter of the shown answer equal to the truth
+            assert (a, b)[row["answer"] == "B"] == mine
+        else:
+            assert shown in row["question"]
+    assert kinds == {"pointwise", "pairwise"}
+    assert all(s["reward"] == 1.0 for s in score_batch([t for _, t in ex], [row["answer"] for row, _ in ex]))
+
+
 def test_write_spark_dataset_is_the_public_row_format(tmp_path):
     rows = generate(4, seed=9)
     path = write_spark_dataset(rows, str(tmp_path / "out"), max_pixels=12345)

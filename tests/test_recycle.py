@@ -10,6 +10,7 @@ import pytest
 
 from spark_core import schemas
 from spark_core.config import ANSWER_SUFFIX, RecycleConfig
+from spark_core.recycle.build import shows_correct
 from spark_core.recycle import (
     ALL_TEMPLATES,
     PAIRWISE,
@@ -75,6 +76,8 @@ def mixed_group(pid: str, answer: str, g: int, n_right: int) -> list[dict]:
 
 
 def cfg(**kw) -> RecycleConfig:
+    """Per-group recycling as published; the tests of `mixed_groups_only` turn it on."""
+    kw.setdefault("mixed_groups_only", False)
     return RecycleConfig(**kw)
 
 
@@ -427,3 +430,34 @@ def test_warm_start_mix_has_its_reflection_share():
     cfg.bootstrap.judge_fraction, cfg.bootstrap.reflection_fraction = 0.25, 0.25
     kinds = [row["kind"] for row, _ in bootstrap_examples(generate(30, seed=2), cfg, 40, seed=0)]
     assert kinds.count("reflection") == 10 and kinds.count("solve") == 20
+
+
+def test_mixed_groups_only_leaves_no_verdict_to_read_off_the_problem():
+    """Task a is solved every time, task b never, task c half the time. As published, a
+    constant Yes on task a and No on task b earn the reward; with mixed groups only, just
+    task c gives judge rows, and its pointwise rows show a right or a wrong answer at random."""
+    prompts, scored = [], []
+    for i in range(120):
+        task = "abc"[i % 3]
+        p = prompt(f"{task}{i}", "7")
+        p["source"] = f"synthetic:{task}"
+        prompts.append(p)
+        outcomes = {"a": [(1.0, "7")] * 4, "b": [(0.0, "-8")] * 4, "c": [(1.0, "7"), (0.0, "-5")] * 2}[task]
+        scored += rollouts(p["prompt_id"], outcomes, "7")
+    loose = judge_rows(recycle(prompts, scored, cfg(arm="reward", seed=3), 500, 0, ANSWER_SUFFIX))
+    tight = judge_rows(recycle(prompts, scored, cfg(arm="reward", seed=3, mixed_groups_only=True), 500, 0,
+                               ANSWER_SUFFIX))
+
+    def sides(rows):
+        return Counter((r["source"], shows_correct(r)) for r in rows if r["kind"] == schemas.KIND_POINTWISE)
+
+    before, after = sides(loose), sides(tight)
+    assert before[("synthetic:a", True)] == 40 and before[("synthetic:b", False)] == 40
+    assert {s for s, _ in after} == {"synthetic:c"}
+    assert {r["source"] for r in tight} == {"synthetic:c"}
+    n_right, n_wrong = after[("synthetic:c", True)], after[("synthetic:c", False)]
+    assert n_right > 0 and n_wrong > 0 and n_right + n_wrong < 40
+    assert any(r["kind"] == schemas.KIND_PAIRWISE for r in tight)
+    for r in tight:  # every row still carries the verdict for the answer it shows
+        if r["kind"] == schemas.KIND_POINTWISE:
+            assert shows_correct(r) == ("-5" not in r["question"])

@@ -6,7 +6,8 @@ Per original prompt (kind "solve") with G scored rollouts:
   pointwise on a wrong answer (No/B). Mixed: pointwise on a correct or a wrong answer
   (50/50) with probability ``p_pointwise_mixed``, else pairwise between one correct
   and one wrong answer in random order (label = letter of the correct one). Judge
-  samples show extracted final answers only.
+  samples show extracted final answers only. With ``mixed_groups_only`` only mixed
+  groups (a showable right and a showable wrong answer) give a judge sample.
 * one reflection sample when some rollout is wrong: the first
   ``cot_reflection_fraction`` of those prompts show a wrong full response, the rest a
   wrong final answer; the label is the original ground truth.
@@ -25,7 +26,7 @@ from typing import Any
 
 from spark_core import schemas
 from spark_core.config import ANSWER_SUFFIX, RecycleConfig
-from spark_core.recycle.templates import PAIRWISE, POINTWISE, REFLECTION_ANS, REFLECTION_COT, Template
+from spark_core.recycle.templates import PAIRWISE, POINTWISE, REFLECTION_ANS, REFLECTION_COT, TEMPLATES_BY_ID, Template
 
 # A rollout whose verification timed out or failed is not known to be wrong, so it is
 # never shown as "the wrong answer" (that label could itself be wrong).
@@ -98,6 +99,8 @@ def _judge_sample(b: _Builder, rng: random.Random, p: dict, q: str, group: list[
     wrong = [r for r in group if not _is_correct(r) and _extracted(r)
              and r.get("verify_status") not in _UNRELIABLE_STATUS]
     n_right = sum(1 for r in group if _is_correct(r))
+    if cfg.mixed_groups_only and not (right and wrong):
+        return None
     if n_right == len(group):
         return _pointwise(b, rng, p, q, rng.choice(right), True) if right else None
     if n_right == 0:
@@ -144,6 +147,12 @@ def _reflection_sample(b: _Builder, rng: random.Random, p: dict, q: str, group: 
         t = rng.choice(REFLECTION_ANS)
         text = t.fill(question=q, answer=_extracted(r))
     return b.row(p, schemas.KIND_REFLECTION, t, text, str(p.get("answer") or ""), [r["rollout_id"]])
+
+
+def shows_correct(row: dict) -> bool:
+    """Whether a pointwise judge row shows a correct answer (its label is the template's
+    verdict for a correct one)."""
+    return row["answer"] == TEMPLATES_BY_ID[row["template_id"]].correct_label
 
 
 def _take(rng: random.Random, rows: list[dict], k: int) -> list[dict]:
@@ -289,8 +298,9 @@ def _with_near_misses(rows: list[dict], rng: random.Random, timeout_s: float):
 
 
 def judge_samples_for_bootstrap(rows: list[dict], rng: random.Random,
-                                timeout_s: float = 5.0) -> list[tuple[dict, str]]:
-    """One judge prompt per row on a made-up candidate answer, with its correct verdict.
+                                timeout_s: float = 5.0) -> list[tuple[dict, str, list[str]]]:
+    """One judge prompt per row on a made-up candidate answer, with its correct verdict
+    and the answers it shows (one pointwise, A then B pairwise).
 
     Used by the warm start to teach the judge format; candidates are the true answer
     or a verified wrong answer near it (`wrong_answers`), so the verdict is known
@@ -304,12 +314,14 @@ def judge_samples_for_bootstrap(rows: list[dict], rng: random.Random,
         if rng.random() < 0.5:
             correct = rng.random() < 0.5
             row = _pointwise(b, rng, p, q, right_r if correct else wrong_r, correct)
+            shown = [truth if correct else wrong]
         else:
             t = rng.choice(PAIRWISE)
             first, second, label = (truth, wrong, "A") if rng.random() < 0.5 else (wrong, truth, "B")
             row = b.row(p, schemas.KIND_PAIRWISE, t, t.fill(question=q, answer_a=first, answer_b=second), label,
                         ["boot-a", "boot-b"])
-        out.append((row, row["answer"]))
+            shown = [first, second]
+        out.append((row, row["answer"], shown))
     return out
 
 

@@ -21,15 +21,23 @@ from spark_core.model.prompting import encode_example
 from spark_core.train.grpo import masked_mean
 
 
-def judge_target(verdict: str, truth: str, brief: bool, with_answer: bool) -> str:
-    """A judge example's target: the verdict in \\boxed{}, after the problem's own answer
-    when `with_answer` (the answer is not boxed: the verifier reads the last box)."""
+def judge_target(verdict: str, truth: str, brief: bool, mode: str = "verdict", shown: list[str] = ()) -> str:
+    """A judge example's target (`bootstrap.judge_target`): the verdict in \\boxed{};
+    answer_then_verdict: after the problem's own answer; compare: after the own answer
+    and the answers shown, so that the verdict only compares neighbouring tokens
+    ("7 | 5 \\boxed{No}", pairwise "7 | A 5 B 7 \\boxed{B}"). The answers are not boxed:
+    the verifier reads the last box."""
     boxed = f"\\boxed{{{verdict}}}" if brief else f"The verdict is \\boxed{{{verdict}}}."
-    return f"{truth} {boxed}" if with_answer else boxed
+    if mode == "answer_then_verdict":
+        return f"{truth} {boxed}"
+    if mode == "compare":
+        shown_text = shown[0] if len(shown) == 1 else " ".join(f"{k} {a}" for k, a in zip("AB", shown))
+        return f"{truth} | {shown_text} {boxed}"
+    return boxed
 
 
 def judge_examples(rows: list[dict], n: int, rng: random.Random, brief: bool = False,
-                   with_answer: bool = False) -> list[tuple[dict, str]]:
+                   mode: str = "verdict") -> list[tuple[dict, str]]:
     """Judge-format examples with correct verdicts, built with the recycling templates."""
     out = []
     if n <= 0:
@@ -37,8 +45,8 @@ def judge_examples(rows: list[dict], n: int, rng: random.Random, brief: bool = F
     from spark_core.recycle.build import judge_samples_for_bootstrap
 
     picked = [rng.choice(rows) for _ in range(n)]
-    for (sample, verdict), src in zip(judge_samples_for_bootstrap(picked, rng), picked):
-        out.append((sample, judge_target(verdict, str(src["answer"]).strip(), brief, with_answer)))
+    for (sample, verdict, shown), src in zip(judge_samples_for_bootstrap(picked, rng), picked):
+        out.append((sample, judge_target(verdict, str(src["answer"]).strip(), brief, mode, shown)))
     return out
 
 
@@ -62,8 +70,7 @@ def bootstrap_examples(rows: list[dict], cfg: SparkConfig, n: int, seed: int) ->
     n_reflect = int(round(n * cfg.bootstrap.reflection_fraction))
     brief = cfg.bootstrap.brief_targets
     solve = [(r, worked_solution(r, brief=brief)) for r in (rng.choice(rows) for _ in range(n - n_judge - n_reflect))]
-    ex = solve + judge_examples(rows, n_judge, rng, brief=brief,
-                                with_answer=cfg.bootstrap.judge_target == "answer_then_verdict")
+    ex = solve + judge_examples(rows, n_judge, rng, brief=brief, mode=cfg.bootstrap.judge_target)
     ex += reflection_examples(rows, n_reflect, rng, brief=brief)
     rng.shuffle(ex)
     return ex
