@@ -10,7 +10,6 @@ import pytest
 
 from spark_core import schemas
 from spark_core.config import ANSWER_SUFFIX, RecycleConfig
-from spark_core.recycle.build import shows_correct
 from spark_core.recycle import (
     ALL_TEMPLATES,
     PAIRWISE,
@@ -79,6 +78,12 @@ def cfg(**kw) -> RecycleConfig:
     """Per-group recycling as published; the tests of `mixed_groups_only` turn it on."""
     kw.setdefault("mixed_groups_only", False)
     return RecycleConfig(**kw)
+
+
+def shows_correct(row: dict) -> bool:
+    """Whether a pointwise judge row shows a correct answer (its label is its template's
+    verdict for a correct one)."""
+    return row["answer"] == TEMPLATES_BY_ID[row["template_id"]].correct_label
 
 
 def judge_rows(rows):

@@ -26,7 +26,7 @@ from typing import Any
 
 from spark_core import schemas
 from spark_core.config import ANSWER_SUFFIX, RecycleConfig
-from spark_core.recycle.templates import PAIRWISE, POINTWISE, REFLECTION_ANS, REFLECTION_COT, TEMPLATES_BY_ID, Template
+from spark_core.recycle.templates import PAIRWISE, POINTWISE, REFLECTION_ANS, REFLECTION_COT, Template
 
 # A rollout whose verification timed out or failed is not known to be wrong, so it is
 # never shown as "the wrong answer" (that label could itself be wrong).
@@ -147,12 +147,6 @@ def _reflection_sample(b: _Builder, rng: random.Random, p: dict, q: str, group: 
         t = rng.choice(REFLECTION_ANS)
         text = t.fill(question=q, answer=_extracted(r))
     return b.row(p, schemas.KIND_REFLECTION, t, text, str(p.get("answer") or ""), [r["rollout_id"]])
-
-
-def shows_correct(row: dict) -> bool:
-    """Whether a pointwise judge row shows a correct answer (its label is the template's
-    verdict for a correct one)."""
-    return row["answer"] == TEMPLATES_BY_ID[row["template_id"]].correct_label
 
 
 def _take(rng: random.Random, rows: list[dict], k: int) -> list[dict]:
