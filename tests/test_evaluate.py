@@ -183,7 +183,9 @@ def test_deck_html_values_and_plots():
     assert page.count('<img alt=') >= 3 and '<img alt="Solve accuracy (eval)" src="data:image/png;base64,' in page
     for text in ("0.123", "0.654", "0.002", "0.500", "0.250", "0.375", "eval/accuracy/alpha&lt;x&gt;"):
         assert text in page
+    assert '<img alt="Solve accuracy by source (eval)" src="data:image/png;base64,' in page
     assert "<img" not in deck_html([], None)
+    assert "by source" not in deck_html(hist[:2], None)  # no per-source key logged: no empty panel
 
 
 def _make_runs(uri_env, monkeypatch):

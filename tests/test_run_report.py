@@ -117,3 +117,17 @@ def test_run_names_and_cached_reruns_in_mlflow(mlflow_db, capsys):
     assert compare.main(["--include-reruns"]) == 0
     out = capsys.readouterr().out
     assert f"rerun of {first}" in out and replay in out and replay2 in out
+
+
+def test_summary_breaks_held_out_accuracy_down_by_source():
+    # the mean stays put while one source gains and another loses: the summary says which
+    hist = [{"eval/accuracy": 0.5, "eval/accuracy/synthetic:total_dots": 0.75, "eval/accuracy/synthetic:more_dots": 0.25},
+            {"eval/accuracy": 0.5, "eval/accuracy/synthetic:total_dots": 1.0, "eval/accuracy/synthetic:more_dots": 0.0}]
+    lines = run_summary(hist, arm="spark", preset="tiny-cpu", seed=1, checkpoint="/c").splitlines()
+    at = lines.index("held-out accuracy by source:")
+    assert [line.split() for line in lines[at + 1:at + 3]] == [
+        ["synthetic:more_dots", "0.250", "->", "0.000", "(-25.0", "points)"],
+        ["synthetic:total_dots", "0.750", "->", "1.000", "(+25.0", "points)"]]
+    # one source (a user's own data): no breakdown, the overall line says it all
+    one = [{"eval/accuracy": 0.5, "eval/accuracy/mine": 0.5}, {"eval/accuracy": 0.6, "eval/accuracy/mine": 0.6}]
+    assert "by source" not in run_summary(one, arm="spark", preset="p", seed=1, checkpoint="/c")

@@ -14,6 +14,7 @@ from typing import Iterable
 # (title, exact keys, key prefixes whose sub-keys are drawn too)
 PANELS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("Solve accuracy (eval)", ("eval/accuracy", "eval/accuracy_micro"), ()),
+    ("Solve accuracy by source (eval)", (), ("eval/accuracy/",)),
     ("Judge accuracy (eval)", ("eval/judge_accuracy",), ("eval/judge_accuracy/",)),
     ("True answer's / right verdict's probability (eval)", ("eval/answer_prob", "eval/judge_answer_prob"), ()),
     ("Reward mean", ("policy/reward_mean", "recycled/reward_mean"), ()),
@@ -147,6 +148,18 @@ def _change(history: list[dict], key: str) -> str | None:
     return f"{pts[0]:.3f} -> {pts[-1]:.3f} ({100 * (pts[-1] - pts[0]):+.1f} points)"
 
 
+def _by_source(history: list[dict]) -> list[str]:
+    """Held-out accuracy per source, start to end: where a run gains and where it is
+    stuck (a mean over sources can stay put while one source gains and another loses)."""
+    prefix = "eval/accuracy/"
+    keys = sorted({k for h in history for k in h if k.startswith(prefix) and _num(h[k]) is not None})
+    rows = [(k[len(prefix):], c) for k in keys if (c := _change(history, k))]
+    if len(rows) < 2:  # one source: the line above already says it
+        return []
+    width = max(len(name) for name, _ in rows) + 2
+    return ["", "held-out accuracy by source:"] + [f"  {name:<{width}}{c}" for name, c in rows]
+
+
 def run_summary(history: list[dict], *, arm: str, preset: str, seed: int, checkpoint: str,
                 run: dict[str, str] | None = None) -> str:
     """What a finished run did, for a terminal: per-epoch accuracy, judge accuracy and
@@ -177,6 +190,7 @@ def run_summary(history: list[dict], *, arm: str, preset: str, seed: int, checkp
     if changes:
         lines.append("")
         lines += [f"{label + ':':<19}{c}" for label, c in changes]
+    lines += _by_source(history)
     lines += ["", f"checkpoint:        {checkpoint}  (Hugging Face format; transformers loads it directly)"]
     if run:
         uri = run.get("tracking_uri", "")
