@@ -152,8 +152,7 @@ def _by_source(history: list[dict]) -> list[str]:
     """Held-out accuracy per source, start to end: where a run gains and where it is
     stuck (a mean over sources can stay put while one source gains and another loses)."""
     prefix = "eval/accuracy/"
-    keys = sorted({k for h in history for k in h if k.startswith(prefix) and _num(h[k]) is not None})
-    rows = [(k[len(prefix):], c) for k in keys if (c := _change(history, k))]
+    rows = [(k[len(prefix):], c) for k in _panel_keys(history, (), (prefix,)) if (c := _change(history, k))]
     if len(rows) < 2:  # one source: the line above already says it
         return []
     width = max(len(name) for name, _ in rows) + 2
