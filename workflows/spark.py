@@ -153,7 +153,7 @@ def spark(preset: str = PRESET, epochs: int = 0, arm: str = "spark", model: str 
     """Run `epochs` SPARK co-evolution epochs.
 
     preset: tiny-cpu | tiny-cpu-learn | 7b-8xh100 | 32b-16xh100. epochs: 0 = the preset's
-    (tiny-cpu 3, tiny-cpu-learn 10). arm: spark | policy | reward | policy_reward
+    (tiny-cpu 3, tiny-cpu-learn 12). arm: spark | policy | reward | policy_reward
     (ablations). model/data/eval_data: local paths or bucket URIs ("" = embedded tiny model
     and synthetic data). overrides: JSON of dotted config keys, e.g. '{"train.lr": 1e-6}'.
     mode: dag (a node per stage) | segment (K colocated epochs per node); "" = the preset's.
