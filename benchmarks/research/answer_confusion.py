@@ -95,14 +95,15 @@ def main(argv=None) -> int:
 
     from spark_core.config import load_config
     from spark_core.data.synthetic import synthetic_split
+    from spark_core.evaluate.core import accuracy_by
 
     cfg = load_config("tiny-cpu", json.dumps({"data.synthetic_eval": a.problems}))
     rows = synthetic_split(cfg.data, "eval")
     first = greedy(cfg, a.start, rows)
     shown = greedy(cfg, a.against, rows) if a.against else first
+    acc = accuracy_by(shown, "dataset")  # the verifier's verdicts, as the run's per-source figures
     for src, table in sorted(confusion(shown).items()):
-        right = sum(t.get(truth, 0) for truth, t in table.items()) / sum(sum(t.values()) for t in table.values())
-        print(f"\n### {src}: greedy answers ({a.against or a.start}), accuracy {right:.3f}\n")
+        print(f"\n### {src}: greedy answers ({a.against or a.start}), accuracy {acc[src]:.3f}\n")
         print("\n".join(confusion_table(table)))
     if a.against:
         flips = flipped_classes(first, shown)
