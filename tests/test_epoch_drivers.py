@@ -21,8 +21,9 @@ pytestmark = pytest.mark.slow  # a 2-epoch Flyte run, its rerun at another lr, a
 # n_shards 1: the segment rolls out as one shard, so its samples are the DAG's only then
 # a short warm start sampled at 0.7, so that some groups' rewards vary and the updates move the
 # weights (at 1.0 all 32 samples of its two epochs score 0 and every gradient is zero)
-SMALL = {"bootstrap.steps": 40, "bootstrap.batch_size": 8, "rollout.temperature": 0.7, "data.synthetic_train": 16, "data.synthetic_eval": 4,
-         "rollout.prompts_per_epoch": 4, "rollout.n_samples": 4, "rollout.max_new_tokens": 8, "rollout.n_shards": 1,
+SMALL = {"bootstrap.steps": 40, "bootstrap.batch_size": 8, "data.synthetic_train": 16, "data.synthetic_eval": 4,
+         "rollout.temperature": 0.7, "rollout.prompts_per_epoch": 4, "rollout.n_samples": 4,
+         "rollout.max_new_tokens": 8, "rollout.n_shards": 1,
          "recycle.recycled_batch": 2, "train.train_batch_size": 16, "train.micro_batch_size": 8,
          "eval.max_new_tokens": 8, "eval.judge_samples": 2, "eval.answer_likelihood_problems": 2, "epochs": 2}
 
